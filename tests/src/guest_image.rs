@@ -362,7 +362,7 @@ fn read_prerequisite(path: &Path, package: &str) -> Result<Vec<u8>> {
 
 /// The cargo target directory of the running test binary: the nearest ancestor of the
 /// executable that cargo marked with `CACHEDIR.TAG`.
-fn target_dir() -> Result<PathBuf> {
+pub(crate) fn target_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(io_err("locating the test executable"))?;
     if let Some(dir) = exe.ancestors().find(|d| d.join("CACHEDIR.TAG").is_file()) {
         return Ok(dir.to_owned());

@@ -4,9 +4,11 @@
 //! initramfs whose `/init` runs the program named on the kernel command line; [`qemu`] boots it
 //! under TCG with virtio-serial channels and extra UARTs exposed as UNIX sockets on the host.
 
+pub mod build;
 mod cpio;
 pub mod guest_image;
 pub mod qemu;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -52,6 +54,18 @@ pub enum Error {
     },
     #[error("guest init failed while waiting for {what}; console output:\n{console}")]
     GuestFatal { what: String, console: String },
+    #[error("protocol: {0}")]
+    Protocol(#[from] relay_protocol::Error),
+    #[error(
+        "timed out after {waited:?} waiting for {what}; frames rejected meanwhile: {rejected}"
+    )]
+    NoMessage {
+        what: String,
+        waited: Duration,
+        rejected: String,
+    },
+    #[error("the stream closed while waiting for {0}")]
+    StreamClosed(String),
     #[error("no {kind} named {name:?} was configured for this guest")]
     UnknownPort { kind: &'static str, name: String },
     #[error("cannot determine the cargo target directory from {exe:?}; set one with GuestImageBuilder::cache_dir")]
