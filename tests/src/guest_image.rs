@@ -24,7 +24,7 @@ pub const INIT_SCRIPT: &str = include_str!("init.sh");
 
 /// Modules loaded by default (with their dependencies, resolved from `modules.dep`): the virtio
 /// PCI transport, virtio-serial channels and virtio-net NICs.
-pub const DEFAULT_MODULES: &[&str] = &["virtio_pci", "virtio_console", "virtio_net"];
+pub const DEFAULT_MODULES: &[&str] = &["virtio_pci", "virtio_console", "virtio_net", "virtio_rng"];
 
 /// Bumped when the image layout changes in a way the hashed inputs do not capture.
 const LAYOUT_VERSION: &str = "sfc-guest-image-v1";

@@ -195,6 +195,9 @@ impl GuestConfig {
             .arg(self.memory_mib.to_string())
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
             .args(["-monitor", "none", "-no-reboot"])
+            // Host entropy, as clouds give guests (Nova's hw_rng): without a source, getrandom()
+            // in the guest blocks until the CRNG is seeded, which under TCG takes minutes.
+            .args(["-device", "virtio-rng-pci"])
             .arg("-kernel")
             .arg(&self.kernel)
             .arg("-initrd")
