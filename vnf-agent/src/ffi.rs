@@ -25,6 +25,8 @@ use std::sync::{Mutex, Once};
 use relay_protocol::{InstanceKey, ServiceName, Uuid};
 use tokio_util::sync::CancellationToken;
 
+use crate::error_chain;
+
 use crate::agent::Agent;
 use crate::handler::{ConfigUpdate, Handler, Rejection};
 use crate::transport::{PortSpec, DEFAULT_PORT_NAME};
@@ -102,18 +104,6 @@ fn set_error(msg: impl std::fmt::Display) {
     LAST_ERROR.with(|e| *e.borrow_mut() = Some(c));
 }
 
-/// The message chain of an error, `outer: inner: innermost`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 /// Runs `f`, turning an `Err` or a panic into `fail` and a message for `sfc_last_error`.
 fn guard<T>(fail: T, f: impl FnOnce() -> Result<T, String>) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {
@@ -186,11 +176,10 @@ pub unsafe extern "C" fn sfc_agent_new(
             .parse()
             .map_err(|e: crate::transport::PortSpecError| e.to_string())?;
         let key = match key_hex {
-            Some(hex) => {
-                InstanceKey::from_hex(hex).map_err(|e| format!("invalid key_hex: {}", chain(&e)))?
-            }
+            Some(hex) => InstanceKey::from_hex(hex)
+                .map_err(|e| format!("invalid key_hex: {}", error_chain(&e)))?,
             None => crate::key::from_smbios(std::path::Path::new(crate::key::DEFAULT_SYSFS))
-                .map_err(|e| format!("no key_hex given and {}", chain(&e)))?,
+                .map_err(|e| format!("no key_hex given and {}", error_chain(&e)))?,
         };
         let (stop_tx, stop_rx) =
             StdUnixStream::pair().map_err(|e| format!("cannot create the stop channel: {e}"))?;
@@ -329,7 +318,7 @@ pub unsafe extern "C" fn sfc_agent_run(agent: *mut SfcAgent) -> c_int {
         for (name, handler) in setup.handlers {
             builder = builder.handler(name, handler);
         }
-        let runner = builder.build().map_err(|e| chain(&e))?.apply_inline();
+        let runner = builder.build().map_err(|e| error_chain(&e))?.apply_inline();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
@@ -355,7 +344,7 @@ pub unsafe extern "C" fn sfc_agent_run(agent: *mut SfcAgent) -> c_int {
                 Ok::<_, std::io::Error>(result)
             })
             .map_err(|e| format!("cannot watch for sfc_agent_stop: {e}"))?
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| error_chain(&e))?;
         Ok(0)
     })
 }

@@ -28,3 +28,16 @@ pub use handler::{ConfigUpdate, Handler, Rejection};
 pub use relay_protocol::{InstanceKey, ServiceName, Uuid};
 pub use tokio_util::sync::CancellationToken;
 pub use transport::PortSpec;
+
+/// The message chain of an error, `outer: inner: innermost`, as the binary and the C ABI
+/// report it.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

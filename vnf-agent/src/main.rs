@@ -12,7 +12,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 use vnf_agent::handlers::{self, FilesPolicy};
 use vnf_agent::transport::{PortSpec, DEFAULT_BAUD, DEFAULT_PORT_NAME};
-use vnf_agent::{key, Agent, AgentError, CancellationToken, Uuid};
+use vnf_agent::{error_chain, key, Agent, AgentError, CancellationToken, Uuid};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,17 +73,6 @@ impl Failure {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = match EnvFilter::try_new(&args.log) {
@@ -108,7 +97,8 @@ fn main() -> ExitCode {
 }
 
 fn files_policy(args: &Args) -> Result<FilesPolicy, Failure> {
-    let bad = |e: &dyn std::error::Error| Failure::config(format!("files policy: {}", chain(e)));
+    let bad =
+        |e: &dyn std::error::Error| Failure::config(format!("files policy: {}", error_chain(e)));
     let mut policy = FilesPolicy::new();
     for f in &args.files_allow_file {
         policy = policy.allow_file(f).map_err(|e| bad(&e))?;
@@ -141,7 +131,7 @@ fn run(args: Args) -> Result<(), Failure> {
         Some(path) => key::from_file(path),
         None => key::from_smbios(std::path::Path::new(key::DEFAULT_SYSFS)),
     }
-    .map_err(|e| Failure::config(format!("instance key: {}", chain(&e))))?;
+    .map_err(|e| Failure::config(format!("instance key: {}", error_chain(&e))))?;
     let policy = files_policy(&args)?;
 
     let mut builder = Agent::builder(key)
@@ -154,14 +144,16 @@ fn run(args: Args) -> Result<(), Failure> {
     for (service, handler) in handlers::default_set(&args.root, policy) {
         builder = builder.handler(service, handler);
     }
-    let agent = builder.build().map_err(|e| Failure::config(chain(&e)))?;
+    let agent = builder
+        .build()
+        .map_err(|e| Failure::config(error_chain(&e)))?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure {
             code: 1,
-            message: chain(&AgentError::Runtime(e)),
+            message: error_chain(&AgentError::Runtime(e)),
         })?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
@@ -183,7 +175,7 @@ fn run(args: Args) -> Result<(), Failure> {
         });
         agent.run(shutdown).await.map_err(|e| Failure {
             code: 1,
-            message: chain(&e),
+            message: error_chain(&e),
         })
     })
 }
