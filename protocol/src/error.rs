@@ -60,6 +60,8 @@ pub enum Error {
     SequenceExhausted,
     #[error("no body mask keeps the resync marker out of the frame")]
     MarkerUnavoidable,
+    #[error("uplink envelope does not decode: {0}")]
+    Envelope(String),
     #[error("key must be {expected} bytes, got {got}")]
     KeyLength { expected: usize, got: usize },
     #[error("key is not valid hex")]

@@ -9,6 +9,8 @@
 //! - [`Session`]: the controller's and the guest's ends of an authenticated session:
 //!   HMAC-SHA256 per frame with a per-instance key, a handshake that makes every frame fresh,
 //!   replay protection by epoch and sequence number, chunking of messages up to 16 MiB.
+//! - [`uplink`]: envelopes between a relay and the controller over mutual TLS, carrying the
+//!   guests' sealed frames stamped with the instance the relay learned from libvirt.
 //! - [`message`]: the messages themselves (Hello/Welcome, ConfigPush, Ack, ConfigRequest, Event,
 //!   Ping/Pong, Error), postcard-encoded, bounded and validated.
 //!
@@ -21,6 +23,7 @@ mod error;
 pub mod frame;
 pub mod message;
 mod session;
+pub mod uplink;
 
 pub use error::Error;
 pub use frame::{Decoded, FrameDecoder, Header, RawFrame, MAX_FRAME, RESYNC_MARKER};
