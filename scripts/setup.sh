@@ -13,6 +13,13 @@ packages=(
   # vmlinuz and virtio modules go into the guest image, a static busybox for its userland,
   # and the decompressors for kernels that ship .ko.xz / .ko.zst modules
   qemu-system-x86 linux-image-amd64 busybox-static xz-utils zstd
+  # libvirt, for relay-host's discovery (the `virt` crate links libvirt, found through
+  # pkg-config) and its end-to-end tests (libvirtd with the QEMU driver, virsh). Not
+  # libvirt-daemon-system: it brings polkit, firewall tools and init scripts for a machine
+  # without systemd; tests/src/libvirt.rs creates the user, groups and directories it would.
+  libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  # `systemd-analyze verify` on the relay's unit file (relay-host/tests/systemd_unit.rs)
+  systemd
 )
 
 missing=()
