@@ -7,6 +7,7 @@
 pub mod build;
 mod cpio;
 pub mod guest_image;
+pub mod libvirt;
 pub mod qemu;
 pub mod wire;
 
