@@ -3,7 +3,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 300
 
-.PHONY: test setup fmt lint unit bench fuzz
+.PHONY: test setup fmt lint unit bench bench-relay bench-soak fuzz
 
 test: setup fmt lint unit
 
@@ -19,9 +19,19 @@ lint:
 unit:
 	$(CARGO) test --workspace --locked
 
-# Protocol throughput against raw HMAC-SHA256, as recorded in BENCHMARKS.md.
+# Protocol throughput against raw HMAC-SHA256, then the relay's latency, fan-out and memory, as
+# recorded in BENCHMARKS.md.
 bench: setup
 	$(CARGO) bench -p relay-protocol --locked
+	$(CARGO) bench -p relay-host --features testing --bench relay --locked
+
+# The relay alone: round-trip latency against a forwarding baseline, 1000-guest fan-out, memory.
+bench-relay: setup
+	$(CARGO) bench -p relay-host --features testing --bench relay --locked
+
+# 60 s soak of one relay with 1000 guests (SOAK_SECS, SOAK_GUESTS to change); not part of `test`.
+bench-soak: setup
+	$(CARGO) bench -p relay-host --features testing --bench soak --locked
 
 # Fuzzes the protocol decoder (needs the nightly toolchain and cargo-fuzz).
 fuzz:
