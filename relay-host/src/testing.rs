@@ -64,6 +64,28 @@ async fn guard<T>(what: &str, fut: impl std::future::Future<Output = T>) -> Resu
         .map_err(|_| lost(what))
 }
 
+/// Skips events until `f` accepts one; `stopped` is the error when the sender went away.
+async fn wait_for_event<E, T>(
+    events: &mut mpsc::UnboundedReceiver<E>,
+    what: &str,
+    stopped: &str,
+    mut f: impl FnMut(&E) -> Option<T>,
+) -> Result<T> {
+    guard(what, async {
+        loop {
+            match events.recv().await {
+                Some(ev) => {
+                    if let Some(t) = f(&ev) {
+                        return Ok(t);
+                    }
+                }
+                None => return Err(TestError::from(stopped)),
+            }
+        }
+    })
+    .await?
+}
+
 // ---------------------------------------------------------------------------------------------
 // PKI
 
@@ -370,21 +392,9 @@ impl TestController {
     pub async fn wait_for<T>(
         &mut self,
         what: &str,
-        mut f: impl FnMut(&ControllerEvent) -> Option<T>,
+        f: impl FnMut(&ControllerEvent) -> Option<T>,
     ) -> Result<T> {
-        guard(what, async {
-            loop {
-                match self.events.recv().await {
-                    Some(ev) => {
-                        if let Some(t) = f(&ev) {
-                            return Ok(t);
-                        }
-                    }
-                    None => return Err(TestError::from("the test controller stopped")),
-                }
-            }
-        })
-        .await?
+        wait_for_event(&mut self.events, what, "the test controller stopped", f).await
     }
 
     /// Waits for the next verified message from `instance` (other events are skipped).
@@ -751,21 +761,9 @@ impl Agent {
     pub async fn wait_for<T>(
         &mut self,
         what: &str,
-        mut f: impl FnMut(&AgentEvent) -> Option<T>,
+        f: impl FnMut(&AgentEvent) -> Option<T>,
     ) -> Result<T> {
-        guard(what, async {
-            loop {
-                match self.events.recv().await {
-                    Some(ev) => {
-                        if let Some(t) = f(&ev) {
-                            return Ok(t);
-                        }
-                    }
-                    None => return Err(TestError::from("the agent stopped")),
-                }
-            }
-        })
-        .await?
+        wait_for_event(&mut self.events, what, "the agent stopped", f).await
     }
 }
 
