@@ -11,6 +11,8 @@
 //!   replay protection by epoch and sequence number, chunking of messages up to 16 MiB.
 //! - [`uplink`]: envelopes between a relay and the controller over mutual TLS, carrying the
 //!   guests' sealed frames stamped with the instance the relay learned from libvirt.
+//! - [`flow`]: the OpenFlow rules of a port chain that the controller sends a relay over the
+//!   uplink for the host's bridge, structured and validated.
 //! - [`message`]: the messages themselves (Hello/Welcome, ConfigPush, Ack, ConfigRequest, Event,
 //!   Ping/Pong, Error), postcard-encoded, bounded and validated.
 //!
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod flow;
 pub mod frame;
 pub mod message;
 mod session;

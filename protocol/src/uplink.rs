@@ -15,6 +15,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::flow::{ChainFlows, ChainStatus};
 use crate::frame::MAX_FRAME;
 use crate::Error;
 
@@ -81,6 +82,9 @@ pub enum RelayMsg {
     Pong {
         nonce: u64,
     },
+    /// Where a chain's OpenFlow rules stand on this host's bridge, after every change: a
+    /// complete update handled, a pending chain installed, a failure, a removal.
+    ChainStatus(ChainStatus),
 }
 
 /// Controller -> relay. Append-only.
@@ -109,6 +113,19 @@ pub enum ControllerMsg {
     },
     Pong {
         nonce: u64,
+    },
+    /// One part of the complete OpenFlow rule set of a chain on this host: the host makes its
+    /// bridge hold exactly these rules for the chain (see [`crate::flow`]).
+    ChainFlows(ChainFlows),
+    /// The chain has no rules on this host any more.
+    ChainRemoved {
+        cookie: u64,
+    },
+    /// Sent after every (re)connect once every chain of this host went out as `ChainFlows`:
+    /// the complete list of chains the host should have (at most
+    /// [`crate::flow::MAX_SYNC_COOKIES`]). The host removes the rules of every other chain.
+    FlowSync {
+        cookies: Vec<u64>,
     },
 }
 

@@ -2,6 +2,10 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::BytesMut;
+use relay_protocol::flow::{
+    Action, Bucket, ChainFlows, ChainState, ChainStatus, FlowSpec, GroupKind, GroupSpec, HashField,
+    IpNet, Mac, Match, PortMask, PortRef, Selection, MAX_SYNC_COOKIES,
+};
 use relay_protocol::uplink::{
     self, ControllerMsg, GuestInfo, Register, Registered, RelayMsg, MAX_ENVELOPE, PREAMBLE,
 };
@@ -32,7 +36,63 @@ fn relay_samples() -> Vec<RelayMsg> {
         RelayMsg::GuestReopened { instance: INSTANCE },
         RelayMsg::Ping { nonce: 5 },
         RelayMsg::Pong { nonce: 5 },
+        RelayMsg::ChainStatus(ChainStatus {
+            cookie: 1,
+            version: 2,
+            state: ChainState::Pending {
+                missing: vec![PortRef::Neutron(INSTANCE)],
+            },
+        }),
     ]
+}
+
+const MAC: Mac = Mac([0x12, 0x34, 0x56, 0x78, 0xcf, 0x23]);
+
+/// A networking-sfc source hop: classifier, select group, MPLS push.
+fn chain_flows() -> ChainFlows {
+    ChainFlows {
+        cookie: 1,
+        version: 2,
+        part: 0,
+        parts: 1,
+        groups: vec![GroupSpec {
+            group: 1,
+            kind: GroupKind::Select,
+            selection: Selection::Hash(vec![HashField::IpSrc, HashField::TcpDst]),
+            buckets: vec![Bucket {
+                weight: 1,
+                actions: vec![Action::SetEthDst(MAC), Action::Resubmit { table: 5 }],
+            }],
+        }],
+        flows: vec![
+            FlowSpec {
+                table: 0,
+                priority: 30,
+                matches: vec![
+                    Match::InPort(PortRef::Neutron(INSTANCE)),
+                    Match::EthType(0x0800),
+                    Match::IpProto(6),
+                    Match::IpSrc(IpNet::new([10, 0, 0, 0].into(), 24)),
+                    Match::TpDst(PortMask {
+                        value: 0x64,
+                        mask: 0xfffc,
+                    }),
+                ],
+                actions: vec![Action::Group(1)],
+            },
+            FlowSpec {
+                table: 5,
+                priority: 0,
+                matches: vec![Match::EthType(0x0800), Match::EthDst(MAC)],
+                actions: vec![
+                    Action::PushMpls { ethertype: 0x8847 },
+                    Action::SetMplsLabel(511),
+                    Action::SetMplsTtl(255),
+                    Action::Output(PortRef::Named("patch-tun".into())),
+                ],
+            },
+        ],
+    }
 }
 
 fn controller_samples() -> Vec<ControllerMsg> {
@@ -52,6 +112,11 @@ fn controller_samples() -> Vec<ControllerMsg> {
         ControllerMsg::ResyncGuest { instance: INSTANCE },
         ControllerMsg::Ping { nonce: 6 },
         ControllerMsg::Pong { nonce: 6 },
+        ControllerMsg::ChainFlows(chain_flows()),
+        ControllerMsg::ChainRemoved { cookie: 1 },
+        ControllerMsg::FlowSync {
+            cookies: vec![1, 2],
+        },
     ]
 }
 
@@ -158,4 +223,66 @@ fn golden_bytes() {
             "0000001a02100102030405064708890a0b0c0d0e0f1007626164204d4143",
         )
     );
+}
+
+#[test]
+fn golden_bytes_of_the_flow_messages() {
+    let mut wire = BytesMut::new();
+    uplink::encode(&controller_samples()[6], &mut wire).unwrap();
+    uplink::encode(&controller_samples()[7], &mut wire).unwrap();
+    uplink::encode(&controller_samples()[8], &mut wire).unwrap();
+    uplink::encode(&relay_samples()[7], &mut wire).unwrap();
+    // ChainFlows: variant 6, cookie 1, version 2, part 0 of 1, one select group (number 1,
+    // kind 0, Hash over IpSrc and TcpDst, one bucket of weight 1: SetEthDst, Resubmit 5), two
+    // flows (table 0 priority 30 with five matches and Group 1; table 5 priority 0 with
+    // push_mpls 0x8847, label 511, TTL 255, output to "patch-tun"). ChainRemoved: variant 7.
+    // FlowSync: variant 8, two cookies. ChainStatus: relay variant 7, Pending with one port.
+    assert_eq!(
+        hex::encode(&wire),
+        concat!(
+            "000000660601020001010100010202080101020c12345678",
+            "cf23020502001e050000100102030405064708890a0b0c0d",
+            "0e0f10038010050606000a000000180964fcff0301010105",
+            "00020380100212345678cf230406c7900208ff0309ff0001",
+            "0970617463682d74756e",
+            "000000020701",
+            "0000000408020102",
+            "00000017070102010100100102030405064708890a0b0c0d",
+            "0e0f10",
+        ),
+    );
+}
+
+#[test]
+fn a_full_flow_sync_fits_one_envelope() {
+    let mut wire = BytesMut::new();
+    let sync = ControllerMsg::FlowSync {
+        cookies: vec![relay_protocol::flow::MAX_COOKIE; MAX_SYNC_COOKIES],
+    };
+    uplink::encode(&sync, &mut wire).unwrap();
+    assert_eq!(
+        uplink::decode::<ControllerMsg>(&mut wire).unwrap(),
+        Some(sync)
+    );
+}
+
+proptest::proptest! {
+    /// Whatever follows the ChainFlows tag, decoding and every check on the result (part
+    /// checks, reassembly, rule validation, port listing, splitting) never panic.
+    #[test]
+    fn arbitrary_chain_flows_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+        buf.extend_from_slice(&[6]);
+        buf.extend_from_slice(&body);
+        if let Ok(Some(ControllerMsg::ChainFlows(part))) = uplink::decode::<ControllerMsg>(&mut buf) {
+            let mut asm = relay_protocol::flow::Assembler::default();
+            if let Ok(Some(rules)) = asm.push(part) {
+                if rules.validate().is_ok() {
+                    let _ = rules.ports();
+                    let _ = rules.into_parts();
+                }
+            }
+        }
+    }
 }
