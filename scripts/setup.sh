@@ -20,6 +20,20 @@ packages=(
   libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   # `systemd-analyze verify` on the relay's unit file (relay-host/tests/systemd_unit.rs)
   systemd
+  # controller-stub's API tests run every test on PostgreSQL too: the harness starts a private
+  # cluster from this package's binaries (/usr/lib/postgresql/<version>/bin)
+  postgresql
+  # (controller-stub/tests/openstack_client.rs drives the stock OpenStack client from a venv it
+  # builds from PyPI with python3 and python3-venv, listed below for the Nova patch too)
+  # Open vSwitch for the relay's OVS programming and its tests (tests/src/ovs.rs runs private
+  # ovsdb-server/ovs-vswitchd daemons with the userspace datapath, not the system service),
+  # network namespaces, veths and tc for the test VMs and service functions (tests/src/netns.rs),
+  # and ethtool to turn off veth checksum offload, which the userspace datapath does not finish
+  openvswitch-switch iproute2 ethtool
+  # the Nova patch's unit tests (nova-patch/nova/test.sh): the Nova sdist and its Python
+  # dependencies come from PyPI into a cached venv; every pinned dependency is a binary
+  # wheel, so no compiler or -dev package is needed beyond build-essential
+  python3 python3-venv curl ca-certificates patch
 )
 
 missing=()

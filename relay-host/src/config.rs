@@ -16,6 +16,7 @@
 //! libvirt_uri = "qemu:///system"
 //! channel = "org.opensfc.relay.0"
 //! metrics_listen = "127.0.0.1:9464"       # "off" disables the endpoint
+//! hook_socket = "/run/relay-host/hook.sock" # libvirt hook notifications; default: off
 //! reconcile_interval_secs = 60
 //! heartbeat_interval_secs = 10
 //! shutdown_grace_secs = 5
@@ -27,6 +28,13 @@
 //! to_guest_buffer_mib = 256
 //! from_guest_queue = 64
 //! uplink_queue = 4096
+//!
+//! [ovs]                                   # absent: no OVS programming
+//! bridge = "br-int"                       # required in the section
+//! db = "unix:/run/openvswitch/db.sock"    # default: ovs-vsctl's (honours OVS_RUNDIR)
+//! rundir = "/run/openvswitch"             # where <bridge>.mgmt is; default: ovs-ofctl's
+//! poll_interval_ms = 1000                 # OVSDB polling for ports appearing
+//! verify_interval_secs = 30               # full check of the bridge against the rules
 //! ```
 
 use std::net::SocketAddr;
@@ -43,6 +51,9 @@ pub const DEFAULT_LIBVIRT_URI: &str = "qemu:///system";
 pub const DEFAULT_CHANNEL: &str = "org.opensfc.relay.0";
 /// Prometheus endpoint, local only by default.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// Where the libvirt hook (`nova-patch hook`) sends its notifications unless told otherwise;
+/// the listener is off unless `hook_socket` is set.
+pub const DEFAULT_HOOK_SOCKET: &str = "/run/relay-host/hook.sock";
 
 /// A configuration problem, with what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +140,9 @@ pub struct Config {
     pub channel: String,
     /// Where the Prometheus endpoint listens; `None` disables it.
     pub metrics_listen: Option<SocketAddr>,
+    /// UNIX datagram socket for the libvirt hook's notifications (`crate::hook`); `None`
+    /// (the default) runs no listener.
+    pub hook_socket: Option<PathBuf>,
     /// Period of the full libvirt reconcile behind the domain events.
     pub reconcile_interval: Duration,
     /// Uplink heartbeat period until the controller announces its own in `Registered`.
@@ -136,6 +150,9 @@ pub struct Config {
     /// How long shutdown waits for queued frames to be written.
     pub shutdown_grace: Duration,
     pub limits: Limits,
+    /// Programming of the local integration bridge with the controller's chain rules;
+    /// `None` (no `[ovs]` section) leaves OVS alone.
+    pub ovs: Option<crate::ovs::OvsConfig>,
 }
 
 impl Config {
@@ -158,10 +175,12 @@ impl Config {
             libvirt_uri: DEFAULT_LIBVIRT_URI.into(),
             channel: DEFAULT_CHANNEL.into(),
             metrics_listen: None,
+            hook_socket: None,
             reconcile_interval: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             limits: Limits::default(),
+            ovs: None,
         }
     }
 
@@ -210,6 +229,11 @@ impl Config {
                 )
             })?),
         };
+        let hook_socket = match args.hook_socket.clone().or(file.hook_socket) {
+            Some(s) if s.trim() == "off" || s.trim().is_empty() => None,
+            Some(s) => Some(PathBuf::from(s)),
+            None => None,
+        };
         let secs = |field, flag: Option<u64>, file: Option<u64>, default| {
             let v = flag.or(file).unwrap_or(default);
             if v == 0 {
@@ -217,6 +241,7 @@ impl Config {
             }
             Ok(Duration::from_secs(v))
         };
+        let ovs = file.ovs.map(FileOvs::resolve);
         let config = Config {
             host,
             server_name,
@@ -247,6 +272,7 @@ impl Config {
                 .or(file.channel)
                 .unwrap_or_else(|| DEFAULT_CHANNEL.into()),
             metrics_listen,
+            hook_socket,
             reconcile_interval: secs(
                 "reconcile_interval_secs",
                 args.reconcile_interval_secs,
@@ -286,6 +312,7 @@ impl Config {
                     .or(limits_file.uplink_queue)
                     .unwrap_or(d.uplink_queue),
             },
+            ovs,
         };
         config.validate()?;
         Ok(config)
@@ -323,6 +350,10 @@ impl Config {
         if self.libvirt_uri.is_empty() {
             return Err(invalid("libvirt_uri", "is empty"));
         }
+        if let Some(path) = &self.hook_socket {
+            crate::hook::check_socket_path(path)
+                .map_err(|reason| invalid("hook_socket", reason))?;
+        }
         let l = &self.limits;
         if l.guest_frames_per_sec == 0 {
             return Err(invalid("limits.guest_frames_per_sec", "must be at least 1"));
@@ -342,6 +373,9 @@ impl Config {
         }
         if self.heartbeat_interval.is_zero() {
             return Err(invalid("heartbeat_interval", "must not be zero"));
+        }
+        if let Some(ovs) = &self.ovs {
+            ovs.validate().map_err(|reason| invalid("ovs", reason))?;
         }
         Ok(())
     }
@@ -378,10 +412,12 @@ pub struct FileConfig {
     pub libvirt_uri: Option<String>,
     pub channel: Option<String>,
     pub metrics_listen: Option<String>,
+    pub hook_socket: Option<String>,
     pub reconcile_interval_secs: Option<u64>,
     pub heartbeat_interval_secs: Option<u64>,
     pub shutdown_grace_secs: Option<u64>,
     pub limits: Option<FileLimits>,
+    pub ovs: Option<FileOvs>,
 }
 
 /// The `[limits]` table.
@@ -394,6 +430,32 @@ pub struct FileLimits {
     pub to_guest_buffer_mib: Option<usize>,
     pub from_guest_queue: Option<usize>,
     pub uplink_queue: Option<usize>,
+}
+
+/// The `[ovs]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOvs {
+    pub bridge: String,
+    pub db: Option<String>,
+    pub rundir: Option<PathBuf>,
+    pub poll_interval_ms: Option<u64>,
+    pub verify_interval_secs: Option<u64>,
+}
+
+impl FileOvs {
+    fn resolve(self) -> crate::ovs::OvsConfig {
+        let mut c = crate::ovs::OvsConfig::new(self.bridge);
+        c.db = self.db;
+        c.rundir = self.rundir;
+        if let Some(ms) = self.poll_interval_ms {
+            c.poll_interval = Duration::from_millis(ms);
+        }
+        if let Some(s) = self.verify_interval_secs {
+            c.verify_interval = Duration::from_secs(s);
+        }
+        c
+    }
 }
 
 impl FileConfig {
@@ -470,6 +532,10 @@ pub struct Args {
     /// Prometheus endpoint address, or "off" [default: 127.0.0.1:9464].
     #[arg(long, global = true, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<String>,
+    /// UNIX socket for the libvirt hook's notifications (e.g. /run/relay-host/hook.sock),
+    /// or "off" [default: off].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub hook_socket: Option<String>,
     /// Seconds between full libvirt reconciles [default: 60].
     #[arg(long, global = true, value_name = "SECS")]
     pub reconcile_interval_secs: Option<u64>,
@@ -576,8 +642,55 @@ mod tests {
 
         file.limits = None;
         file.server_name = Some("not a name!".into());
-        let err = Config::resolve(file, &args).unwrap_err();
+        let err = Config::resolve(file.clone(), &args).unwrap_err();
         assert!(err.to_string().starts_with("server_name:"), "{err}");
+
+        file.server_name = None;
+        file.hook_socket = Some("relative/hook.sock".into());
+        let err = Config::resolve(file, &args).unwrap_err();
+        assert!(err.to_string().starts_with("hook_socket:"), "{err}");
+    }
+
+    #[test]
+    fn the_hook_socket_is_off_unless_set() {
+        let file = FileConfig::parse(FILE).unwrap();
+        let c = Config::resolve(file.clone(), &parse(&["relay-host"]).args).unwrap();
+        assert_eq!(c.hook_socket, None);
+
+        let mut with = file.clone();
+        with.hook_socket = Some(DEFAULT_HOOK_SOCKET.into());
+        let c = Config::resolve(with.clone(), &parse(&["relay-host"]).args).unwrap();
+        assert_eq!(c.hook_socket, Some(PathBuf::from(DEFAULT_HOOK_SOCKET)));
+
+        let args = parse(&["relay-host", "--hook-socket", "off"]).args;
+        assert_eq!(Config::resolve(with, &args).unwrap().hook_socket, None);
+        let args = parse(&["relay-host", "--hook-socket", "/run/x/h.sock"]).args;
+        let c = Config::resolve(file, &args).unwrap();
+        assert_eq!(c.hook_socket, Some(PathBuf::from("/run/x/h.sock")));
+    }
+
+    #[test]
+    fn the_ovs_section_is_optional_and_checked() {
+        let args = parse(&["relay-host"]).args;
+        let c = Config::resolve(FileConfig::parse(FILE).unwrap(), &args).unwrap();
+        assert_eq!(c.ovs, None);
+
+        let text = format!(
+            "{FILE}\n[ovs]\nbridge = \"br-int\"\ndb = \"unix:/x/db.sock\"\npoll_interval_ms = 250\n"
+        );
+        let c = Config::resolve(FileConfig::parse(&text).unwrap(), &args).unwrap();
+        let ovs = c.ovs.unwrap();
+        assert_eq!(ovs.bridge, "br-int");
+        assert_eq!(ovs.db.as_deref(), Some("unix:/x/db.sock"));
+        assert_eq!(ovs.rundir, None);
+        assert_eq!(ovs.poll_interval, Duration::from_millis(250));
+        assert_eq!(ovs.verify_interval, Duration::from_secs(30));
+
+        let bad = format!("{FILE}\n[ovs]\nbridge = \"br int;x\"\n");
+        let err = Config::resolve(FileConfig::parse(&bad).unwrap(), &args).unwrap_err();
+        assert!(err.to_string().starts_with("ovs: bridge"), "{err}");
+        let unknown = format!("{FILE}\n[ovs]\nbridge = \"br-int\"\nbrige = 1\n");
+        assert!(FileConfig::parse(&unknown).is_err());
     }
 
     #[test]

@@ -10,9 +10,11 @@ pub mod config;
 pub mod discovery;
 mod guest;
 mod guests;
+pub mod hook;
 pub mod libvirt;
 pub mod metrics;
 mod notify;
+pub mod ovs;
 pub mod relay;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -41,6 +43,8 @@ pub enum Error {
     },
     #[error("libvirt discovery")]
     Libvirt(#[from] libvirt::Error),
+    #[error("libvirt hook listener")]
+    Hook(#[from] hook::HookError),
     #[error("guest discovery ended unexpectedly")]
     DiscoveryEnded,
 }
@@ -67,15 +71,33 @@ pub fn libvirt_config(config: &Config) -> libvirt::LibvirtConfig {
     }
 }
 
-/// The daemon: libvirt discovery feeding a [`Relay`], until `shutdown` is cancelled.
+/// The daemon: libvirt discovery feeding a [`Relay`], nudged by the libvirt hook's
+/// notifications if `hook_socket` is set, until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let relay = Relay::new(config.clone())?;
+    let hook_socket = match &config.hook_socket {
+        Some(path) => Some(hook::HookSocket::bind(path)?),
+        None => None,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    // Discovery stops with the relay, whichever ends first.
+    // Discovery and the hook listener stop with the relay, whichever ends first.
     let discovery_stop = shutdown.child_token();
-    let thread = libvirt::spawn_discovery(libvirt_config(&config), tx, discovery_stop.clone())?;
+    let discovery = libvirt::Discovery::new(libvirt_config(&config));
+    let hints = discovery.hints();
+    let thread = discovery.spawn(tx, discovery_stop.clone())?;
+    let hook_listener = hook_socket.map(|socket| {
+        tokio::spawn(hook::serve(
+            socket,
+            hints,
+            relay.metrics().clone(),
+            discovery_stop.clone(),
+        ))
+    });
     let result = relay.run(rx, shutdown).await;
     discovery_stop.cancel();
+    if let Some(listener) = hook_listener {
+        let _ = listener.await;
+    }
     // The thread notices the token at once; join it off the runtime.
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     result

@@ -84,6 +84,11 @@ struct DropLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HookLabels {
+    event: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct QueueLabels {
     instance: String,
     direction: String,
@@ -107,6 +112,9 @@ struct Inner {
     uplink_reconnects: Counter,
     uplink_connect_errors: Counter,
     uplink_queue_depth: Gauge,
+    hook_notifications: Family<HookLabels, Counter>,
+    hook_rejected: Counter,
+    ovs: crate::ovs::OvsMetrics,
 }
 
 /// The relay's metrics; cheap to clone (one shared registry).
@@ -146,6 +154,8 @@ impl Metrics {
         let uplink_reconnects = Counter::default();
         let uplink_connect_errors = Counter::default();
         let uplink_queue_depth = Gauge::default();
+        let hook_notifications = Family::<HookLabels, Counter>::default();
+        let hook_rejected = Counter::default();
         let r = &mut registry;
         r.register(
             "guests",
@@ -227,6 +237,23 @@ impl Metrics {
             "Guest messages waiting for the uplink",
             uplink_queue_depth.clone(),
         );
+        r.register(
+            "hook_notifications",
+            "Notifications accepted from the libvirt hook, by event",
+            hook_notifications.clone(),
+        );
+        r.register(
+            "hook_rejected",
+            "Datagrams on the hook socket that were not a valid notification",
+            hook_rejected.clone(),
+        );
+        // Both series exist from the start, so a rate over them is defined before the first.
+        for event in crate::hook::HookEvent::ALL {
+            let _ = hook_notifications.get_or_create_owned(&HookLabels {
+                event: event.as_str().into(),
+            });
+        }
+        let ovs = crate::ovs::OvsMetrics::register(r);
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -246,6 +273,9 @@ impl Metrics {
                 uplink_reconnects,
                 uplink_connect_errors,
                 uplink_queue_depth,
+                hook_notifications,
+                hook_rejected,
+                ovs,
             }),
         }
     }
@@ -346,6 +376,24 @@ impl Metrics {
 
     pub(crate) fn unroutable(&self) {
         self.inner.unroutable.inc();
+    }
+
+    pub(crate) fn hook_notification(&self, event: crate::hook::HookEvent) {
+        self.inner
+            .hook_notifications
+            .get_or_create(&HookLabels {
+                event: event.as_str().into(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn hook_rejected(&self) {
+        self.inner.hook_rejected.inc();
+    }
+
+    /// The OVS programmer's handles (`relay_ovs_*`).
+    pub fn ovs(&self) -> crate::ovs::OvsMetrics {
+        self.inner.ovs.clone()
     }
 
     pub(crate) fn uplink(&self) -> UplinkMetrics {

@@ -6,6 +6,11 @@
 //! requests to the guest they name, rejections to the guest's auth-failure count. It never
 //! waits for a guest (see `guest.rs`), so one guest cannot hold up another or the uplink.
 //!
+//! With an `[ovs]` section the router also hands the controller's chain rules (`ChainFlows`,
+//! `ChainRemoved`, `FlowSync`) to the OVS programmer's task (`crate::ovs`), which reports
+//! chain states back through the uplink; a full queue towards it holds the router up rather
+//! than losing a part of an update.
+//!
 //! [`Relay::run`] takes the discovery stream as a channel so that tests and benchmarks feed it
 //! directly; [`crate::run`] wires libvirt discovery to it.
 //!
@@ -34,6 +39,7 @@ use crate::discovery::{GuestChange, GuestChannel};
 use crate::guest::{self, Budget, GuestEnv, GuestHandle, ToGuest};
 use crate::guests::GuestSet;
 use crate::metrics::{self, Metrics};
+use crate::ovs::{self, FlowCommand, Programmer};
 use crate::uplink::{Settings, Uplink};
 use crate::{tls, Error};
 
@@ -41,6 +47,8 @@ use crate::{tls, Error};
 const UPLINK_CHANNEL: usize = 1024;
 /// Capacity of the queue from the uplink to the router.
 const ROUTER_CHANNEL: usize = 1024;
+/// Capacity of the queue from the router to the OVS programmer.
+const OVS_CHANNEL: usize = 1024;
 
 /// A configured relay, TLS material loaded; [`Relay::run`] runs it.
 #[derive(Debug)]
@@ -121,6 +129,18 @@ impl Relay {
             self.metrics.clone(),
         );
         tracker.spawn(uplink.run(stop.clone()));
+        let ovs = self.config.ovs.as_ref().map(|cfg| {
+            let (tx, rx) = mpsc::channel(OVS_CHANNEL);
+            let programmer = Programmer::new(cfg.bridge(), self.metrics.ovs());
+            tracker.spawn(ovs::run(
+                programmer,
+                cfg.clone(),
+                rx,
+                data_tx.clone(),
+                stop.clone(),
+            ));
+            tx
+        });
 
         let router = Router {
             sessions: HashMap::new(),
@@ -139,6 +159,7 @@ impl Relay {
             metrics: self.metrics.clone(),
             tracker: tracker.clone(),
             stop: stop.clone(),
+            ovs,
         };
         crate::notify::ready();
         info!(
@@ -194,6 +215,8 @@ struct Router {
     metrics: Metrics,
     tracker: TaskTracker,
     stop: CancellationToken,
+    /// The OVS programmer's queue, if OVS programming is configured.
+    ovs: Option<mpsc::Sender<FlowCommand>>,
 }
 
 impl Router {
@@ -207,7 +230,7 @@ impl Router {
                 biased;
                 _ = self.stop.cancelled() => return RouterEnd::Shutdown,
                 msg = from_controller.recv() => match msg {
-                    Some(msg) => self.route(msg),
+                    Some(msg) => self.route(msg).await,
                     // The uplink only ends on shutdown.
                     None => return RouterEnd::Shutdown,
                 },
@@ -282,7 +305,7 @@ impl Router {
         self.metrics.remove_guest(instance);
     }
 
-    fn route(&mut self, msg: ControllerMsg) {
+    async fn route(&mut self, msg: ControllerMsg) {
         match msg {
             ControllerMsg::ToGuest { instance, frame } => {
                 let Some(session) = self.sessions.get(&instance) else {
@@ -311,10 +334,29 @@ impl Router {
                 // Counted; a hostile guest could make a log line per frame.
                 debug!(vm.uuid = %instance, %reason, "controller rejected a frame from the guest");
             }
+            ControllerMsg::ChainFlows(part) => self.to_ovs(FlowCommand::ChainFlows(part)).await,
+            ControllerMsg::ChainRemoved { cookie } => {
+                self.to_ovs(FlowCommand::ChainRemoved(cookie)).await
+            }
+            ControllerMsg::FlowSync { cookies } => {
+                self.to_ovs(FlowCommand::FlowSync(cookies)).await
+            }
             // Answered by the uplink itself.
             ControllerMsg::Registered(_)
             | ControllerMsg::Ping { .. }
             | ControllerMsg::Pong { .. } => {}
+        }
+    }
+
+    async fn to_ovs(&self, cmd: FlowCommand) {
+        let Some(ovs) = &self.ovs else {
+            debug!("chain rules from the controller, but OVS programming is not configured");
+            return;
+        };
+        // Waits when the programmer is behind: parts of an update must not be lost.
+        tokio::select! {
+            _ = self.stop.cancelled() => {}
+            _ = ovs.send(cmd) => {}
         }
     }
 }

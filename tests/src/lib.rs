@@ -3,11 +3,15 @@
 //! [`guest_image`] builds (once, cached under the target directory) a bootable kernel +
 //! initramfs whose `/init` runs the program named on the kernel command line; [`qemu`] boots it
 //! under TCG with virtio-serial channels and extra UARTs exposed as UNIX sockets on the host.
+//! [`ovs`] runs a private Open vSwitch (userspace datapath) whose ports lead into network
+//! namespaces ([`netns`]) standing in for VMs and service functions.
 
 pub mod build;
 mod cpio;
 pub mod guest_image;
 pub mod libvirt;
+pub mod netns;
+pub mod ovs;
 pub mod qemu;
 pub mod wire;
 

@@ -453,6 +453,16 @@ impl LibvirtGuest {
     pub fn define_and_start(&self) -> Result<TestDomain> {
         TestDomain::new(self, true)
     }
+
+    /// Like [`Self::define_and_start`], with the domain XML passed through `filter` first
+    /// (e.g. a domain-XML injector under test); an `Err` from it is reported as an invalid
+    /// configuration.
+    pub fn define_and_start_filtered(
+        &self,
+        filter: impl FnOnce(&str) -> std::result::Result<String, String>,
+    ) -> Result<TestDomain> {
+        TestDomain::create(self, true, filter)
+    }
 }
 
 fn escape(text: &str) -> String {
@@ -483,6 +493,14 @@ pub struct TestDomain {
 
 impl TestDomain {
     fn new(guest: &LibvirtGuest, persistent: bool) -> Result<Self> {
+        Self::create(guest, persistent, |xml| Ok(xml.to_owned()))
+    }
+
+    fn create(
+        guest: &LibvirtGuest,
+        persistent: bool,
+        filter: impl FnOnce(&str) -> std::result::Result<String, String>,
+    ) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "{DOMAIN_PREFIX}{}-{}",
@@ -494,7 +512,7 @@ impl TestDomain {
             .tempdir_in("/tmp")
             .map_err(io_err("creating the domain's temporary directory"))?;
         let console = dir.path().join("console.log");
-        let xml = guest.domain_xml(&name, &console)?;
+        let xml = filter(&guest.domain_xml(&name, &console)?).map_err(Error::InvalidConfig)?;
         let xml_path = dir.path().join("domain.xml");
         fs::write(&xml_path, &xml).map_err(io_err(format!("writing {}", xml_path.display())))?;
         let xml_arg = xml_path.to_str().ok_or_else(|| {

@@ -476,7 +476,8 @@ impl Ctl {
                 RelayMsg::GuestUp(_)
                 | RelayMsg::GuestDown { .. }
                 | RelayMsg::GuestReopened { .. }
-                | RelayMsg::Pong { .. } => {}
+                | RelayMsg::Pong { .. }
+                | RelayMsg::ChainStatus(_) => {}
             }
         }
     }

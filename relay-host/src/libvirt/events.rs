@@ -51,6 +51,9 @@ pub(super) enum Notice {
     Closed { generation: u64, reason: i32 },
     /// The discovery's shutdown token was cancelled.
     Cancelled,
+    /// A hint from outside libvirt's event stream (the libvirt hook, through
+    /// [`super::Hints`]): look at this domain now (`started`) or drop it (`stopped`).
+    Hint { uuid: Uuid, started: bool },
 }
 
 struct CallbackCtx {

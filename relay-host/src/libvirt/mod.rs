@@ -16,7 +16,12 @@
 //!   libvirtd restart) or a failing call, and reconnects with exponential backoff, registering
 //!   the callbacks again. Guests keep running while libvirtd is away, so nothing is reported
 //!   Down for the outage itself; the reconcile after reconnecting settles what changed
-//!   meanwhile.
+//!   meanwhile;
+//! - takes [`Hints`] from outside the event stream (the libvirt hook's notifications, see
+//!   `crate::hook`): a started domain is looked up after the same debounce as an event, so a
+//!   missed event costs no reconcile period; a stopped domain is reported Down at once. Hints
+//!   that arrive while libvirt is unreachable are dropped: the reconcile after reconnecting
+//!   covers them.
 //!
 //! Shutdown: cancelling the token wakes the thread at once (a watcher thread turns the
 //! cancellation into a message); it deregisters, closes the connection, stops the event loop
@@ -229,13 +234,59 @@ pub enum DiscoveryEvent {
 pub struct Discovery {
     config: LibvirtConfig,
     observer: Option<std_mpsc::Sender<DiscoveryEvent>>,
+    notice_tx: std_mpsc::Sender<Notice>,
+    notices: std_mpsc::Receiver<Notice>,
+}
+
+/// Hints for a running discovery about single domains, from outside libvirt's event stream;
+/// cheap to clone. Hints sent after discovery stopped are dropped.
+#[derive(Debug, Clone)]
+pub struct Hints {
+    tx: std_mpsc::Sender<Notice>,
+}
+
+impl Hints {
+    /// The domain started: look it up now rather than at the next reconcile.
+    pub fn started(&self, uuid: Uuid) {
+        let _ = self.tx.send(Notice::Hint {
+            uuid,
+            started: true,
+        });
+    }
+
+    /// The domain stopped: report it Down now if it was known.
+    pub fn stopped(&self, uuid: Uuid) {
+        let _ = self.tx.send(Notice::Hint {
+            uuid,
+            started: false,
+        });
+    }
+}
+
+impl crate::hook::HookSink for Hints {
+    fn deliver(&self, notification: crate::hook::HookNotification) {
+        match notification.event {
+            crate::hook::HookEvent::Started => self.started(notification.uuid),
+            crate::hook::HookEvent::Stopped => self.stopped(notification.uuid),
+        }
+    }
 }
 
 impl Discovery {
     pub fn new(config: LibvirtConfig) -> Self {
+        let (notice_tx, notices) = std_mpsc::channel();
         Self {
             config,
             observer: None,
+            notice_tx,
+            notices,
+        }
+    }
+
+    /// A handle for hints about single domains (see [`Hints`]).
+    pub fn hints(&self) -> Hints {
+        Hints {
+            tx: self.notice_tx.clone(),
         }
     }
 
@@ -260,9 +311,10 @@ impl Discovery {
             shutdown,
             known: KnownGuests::default(),
         };
+        let (notice_tx, notices) = (self.notice_tx, self.notices);
         std::thread::Builder::new()
             .name("libvirt-discovery".into())
-            .spawn(move || worker.run(event_loop))
+            .spawn(move || worker.run(event_loop, notice_tx, notices))
             .map_err(|source| Error::Thread {
                 name: "libvirt-discovery",
                 source,
@@ -397,10 +449,14 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self, event_loop: EventLoopGuard) {
+    fn run(
+        mut self,
+        event_loop: EventLoopGuard,
+        notice_tx: std_mpsc::Sender<Notice>,
+        notices: std_mpsc::Receiver<Notice>,
+    ) {
         let span = tracing::info_span!("libvirt_discovery", uri = %self.config.uri);
         let _entered = span.enter();
-        let (notice_tx, notices) = std_mpsc::channel();
 
         // Turns the cancellation into a message, so waits below need no polling. `done` also
         // releases the watcher when the worker stops for another reason.
@@ -520,6 +576,25 @@ impl Worker {
                             "libvirt closed the connection ({})",
                             close_reason(reason)
                         ));
+                    }
+                }
+                Ok(Notice::Hint {
+                    uuid,
+                    started: true,
+                }) => {
+                    tracing::debug!(vm.uuid = %uuid, "hint: domain started");
+                    dirty.insert(uuid);
+                    dirty_deadline.get_or_insert_with(|| Instant::now() + self.config.debounce);
+                }
+                Ok(Notice::Hint {
+                    uuid,
+                    started: false,
+                }) => {
+                    tracing::debug!(vm.uuid = %uuid, "hint: domain stopped");
+                    if let Some(change) = self.known.update(uuid, None) {
+                        if !self.emit(change) {
+                            return SessionEnd::Stop;
+                        }
                     }
                 }
                 Ok(Notice::Cancelled) | Err(std_mpsc::RecvTimeoutError::Disconnected) => {

@@ -63,6 +63,7 @@ fn socket_of(name: &str) -> std::path::PathBuf {
 }
 
 struct Running {
+    hints: Hints,
     changes: mpsc::Receiver<GuestChange>,
     observed: std_mpsc::Receiver<DiscoveryEvent>,
     shutdown: CancellationToken,
@@ -75,15 +76,15 @@ impl Running {
         let (tx, changes) = mpsc::channel(16);
         let (otx, observed) = std_mpsc::channel();
         let shutdown = CancellationToken::new();
-        let thread = Discovery::new(config)
-            .observe(otx)
-            .spawn(tx, shutdown.clone())
-            .unwrap();
+        let discovery = Discovery::new(config).observe(otx);
+        let hints = discovery.hints();
+        let thread = discovery.spawn(tx, shutdown.clone()).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
         Self {
+            hints,
             changes,
             observed,
             shutdown,
@@ -372,4 +373,33 @@ fn the_periodic_reconcile_works_without_events() {
     assert!(matches!(discovery.change_for(uuid), GuestChange::Up(g) if g.name == name));
     drop(dom);
     assert_eq!(discovery.change_for(uuid), GuestChange::Down(uuid));
+}
+
+#[test]
+fn hints_look_a_started_domain_up_and_drop_a_stopped_one() {
+    let conn = Connection::open(TEST_URI).unwrap();
+    let mut discovery = Running::start_ready(config());
+    let (name, uuid, xml) = domain_xml(Some(DEFAULT_CHANNEL));
+    let _dom = Cleanup(Domain::create_xml(&conn, &xml, 0).unwrap());
+    let up = GuestChannel {
+        uuid,
+        socket: socket_of(&name),
+        name,
+    };
+    assert_eq!(discovery.change_for(uuid), GuestChange::Up(up.clone()));
+
+    // The hook says it stopped: dropped at once, whatever libvirt says (here: still running).
+    discovery.hints.stopped(uuid);
+    assert_eq!(discovery.change_for(uuid), GuestChange::Down(uuid));
+    // The hook says it started: looked up at once. Nothing else would report it again: no
+    // lifecycle event happens, and the next reconcile is an hour away.
+    discovery.hints.started(uuid);
+    assert_eq!(discovery.change_for(uuid), GuestChange::Up(up));
+    // Repeated and unknown hints change nothing.
+    discovery.hints.started(uuid);
+    discovery.no_change_for(uuid, Duration::from_millis(100));
+    let unknown = Uuid::from_u128(0x5fc0_ffff_0000_4000_8000_0000_0000_0001);
+    discovery.hints.started(unknown);
+    discovery.hints.stopped(unknown);
+    discovery.no_change_for(unknown, Duration::from_millis(100));
 }

@@ -1,0 +1,750 @@
+//! The desired state of the bridge and the reconcile that makes the bridge match it.
+//!
+//! State: the latest valid [`ChainRules`] per chain, the chain list of the last `FlowSync`
+//! (none before the first), and chains removed but maybe not yet cleaned off the bridge.
+//!
+//! Reconcile (after every complete update, removal and sync, when the bridge's ports change,
+//! and periodically): read the ports; render every chain whose ports are all on the bridge
+//! (the others are pending and get nothing on the bridge: their old port numbers may belong
+//! to other VMs by now); canonicalise the rendering with `ovs-ofctl` (cached); drop chains whose
+//! flows or groups clash with a lower-numbered chain's; dump our flows (cookie prefix) and
+//! groups (id range); diff. The diff keys flows by (table, priority + match) as OVS prints
+//! them: a desired flow already there with the same actions is left alone (counters and
+//! duration keep running), one with other actions is changed in place with `modify_strict`,
+//! missing ones are added, and flows of managed chains that are no longer desired are removed
+//! with `delete_strict`. One bundle carries it all, ordered so that no packet meets a
+//! half-made state: group adds and modifies, flow deletes, modifies, adds, then deletes of
+//! groups no longer used (deleting a group in OpenFlow deletes the flows that use it). Deletes
+//! come before adds so that, should OVS print a flow differently from how we predicted, the
+//! flow is replaced in the same transaction rather than lost.
+//!
+//! Which flows are ours to delete: those of chains with desired rules, of chains removed with
+//! `ChainRemoved`, and, once a `FlowSync` arrived, of every chain it did not list. Before the
+//! first `FlowSync` (a relay that just started) flows of chains it has not heard of are kept,
+//! so a relay restart leaves the data path alone; the controller's resync then brings the
+//! desired state and `FlowSync` prunes the rest. Unused groups are likewise only deleted once
+//! synced.
+//!
+//! A bundle that fails is retried per chain, so that one chain the switch refuses does not
+//! hold up the others; the failed chain is reported and retried at the next reconcile.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use relay_protocol::flow::{
+    bounded_reason, Assembler, ChainFlows, ChainRules, ChainState, ChainStatus, FlowError, PortRef,
+    MAX_MISSING, MAX_SYNC_COOKIES,
+};
+use tracing::{debug, info, warn};
+
+use super::bridge::{Bridge, PortMap};
+use super::render::{
+    chain_of, flow_cookie, group_id, is_our_group, render_flow, render_group, AnyPort, BundleOp,
+    CanonicalFlow, RenderedFlow, Resolve, COOKIE_PREFIX, COOKIE_PREFIX_MASK,
+};
+use super::{OvsError, OvsMetrics};
+
+/// What the controller asks of the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowCommand {
+    ChainFlows(ChainFlows),
+    ChainRemoved(u64),
+    FlowSync(Vec<u64>),
+}
+
+/// A chain's rules rendered for the current ports.
+struct Rendered {
+    flows: Vec<(RenderedFlow, CanonicalFlow)>,
+    /// OpenFlow group id -> (rendered, canonical).
+    groups: BTreeMap<u32, (String, String)>,
+}
+
+/// The outcome of planning one chain.
+enum Plan {
+    Install(Rendered),
+    Pending(Vec<PortRef>),
+    Failed(String),
+}
+
+/// Who a bundle line is for: a chain, or the group clean-up that runs last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Owner {
+    Chain(u64),
+    Cleanup,
+}
+
+/// Bundle phases in the order that keeps every intermediate state consistent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Groups,
+    DeleteFlows,
+    ModifyFlows,
+    AddFlows,
+    DeleteGroups,
+}
+
+/// Programs one bridge to the desired state of every chain of this host.
+#[derive(Debug)]
+pub struct Programmer<B> {
+    bridge: B,
+    assembler: Assembler,
+    chains: BTreeMap<u64, ChainRules>,
+    /// Chains of the last `FlowSync`, plus chains heard of since; `None` before the first.
+    listed: Option<HashSet<u64>>,
+    /// Removed chains whose flows may still be on the bridge.
+    removed: HashSet<u64>,
+    /// What was last reported per chain: (version, state).
+    reported: HashMap<u64, (u64, ChainState)>,
+    flow_cache: HashMap<RenderedFlow, CanonicalFlow>,
+    group_cache: HashMap<String, String>,
+    last_ports: Option<PortMap>,
+    metrics: OvsMetrics,
+}
+
+impl<B: Bridge> Programmer<B> {
+    pub fn new(bridge: B, metrics: OvsMetrics) -> Programmer<B> {
+        Programmer {
+            bridge,
+            assembler: Assembler::default(),
+            chains: BTreeMap::new(),
+            listed: None,
+            removed: HashSet::new(),
+            reported: HashMap::new(),
+            flow_cache: HashMap::new(),
+            group_cache: HashMap::new(),
+            last_ports: None,
+            metrics,
+        }
+    }
+
+    pub fn bridge(&self) -> &B {
+        &self.bridge
+    }
+
+    pub fn bridge_mut(&mut self) -> &mut B {
+        &mut self.bridge
+    }
+
+    /// The state last reported for a chain.
+    pub fn state(&self, cookie: u64) -> Option<&ChainState> {
+        self.reported.get(&cookie).map(|(_, s)| s)
+    }
+
+    /// Whether a `FlowSync` arrived since the start.
+    pub fn synced(&self) -> bool {
+        self.listed.is_some()
+    }
+
+    /// Handles one command; returns the status reports it caused.
+    pub async fn handle(&mut self, cmd: FlowCommand) -> Vec<ChainStatus> {
+        match cmd {
+            FlowCommand::ChainFlows(part) => self.chain_flows(part).await,
+            FlowCommand::ChainRemoved(cookie) => self.chain_removed(cookie).await,
+            FlowCommand::FlowSync(cookies) => self.flow_sync(cookies).await,
+        }
+    }
+
+    async fn chain_flows(&mut self, part: ChainFlows) -> Vec<ChainStatus> {
+        let (cookie, version) = (part.cookie, part.version);
+        let rules = match self.assembler.push(part) {
+            Ok(None) => return Vec::new(),
+            Ok(Some(rules)) => rules,
+            Err(e) => return self.reject(cookie, version, e.to_string()),
+        };
+        if let Err(e) = rules.validate() {
+            return self.reject(cookie, version, e.to_string());
+        }
+        if let Err(reason) = self.check_with_ovs(&rules).await {
+            return self.reject(cookie, version, reason);
+        }
+        let span = tracing::info_span!("chain", chain.cookie = cookie, chain.version = version);
+        let _enter = span.enter();
+        debug!(
+            flows = rules.flows.len(),
+            groups = rules.groups.len(),
+            "chain rules received"
+        );
+        self.removed.remove(&cookie);
+        if let Some(listed) = &mut self.listed {
+            listed.insert(cookie);
+        }
+        self.chains.insert(cookie, rules);
+        // The controller hears back about every update, changed or not.
+        self.reported.remove(&cookie);
+        self.reconcile().await
+    }
+
+    /// Refuses an update; the chain keeps its previous rules (if any) on the bridge.
+    fn reject(&mut self, cookie: u64, version: u64, reason: String) -> Vec<ChainStatus> {
+        warn!(chain.cookie = cookie, chain.version = version, %reason, "chain rules rejected");
+        self.metrics.rejected.inc();
+        if let Some(listed) = &mut self.listed {
+            listed.insert(cookie);
+        }
+        let state = ChainState::Rejected {
+            reason: bounded_reason(reason),
+        };
+        self.reported.insert(cookie, (version, state.clone()));
+        vec![ChainStatus {
+            cookie,
+            version,
+            state,
+        }]
+    }
+
+    /// Has `ovs-ofctl` parse the rendered rules (with stand-in port numbers) so that rules the
+    /// switch would refuse are refused before anything is changed; names the first bad flow.
+    async fn check_with_ovs(&mut self, rules: &ChainRules) -> Result<(), String> {
+        for g in &rules.groups {
+            let text = render_group(g, &AnyPort).map_err(|m| format!("{m:?}"))?;
+            if !self.group_cache.contains_key(&text) {
+                self.bridge
+                    .canonical_group(&text)
+                    .await
+                    .map_err(|e| format!("group {}: {e}", g.group))?;
+            }
+        }
+        let flows: Vec<RenderedFlow> = rules
+            .flows
+            .iter()
+            .map(|f| render_flow(f, &AnyPort))
+            .collect::<Result<_, _>>()
+            .map_err(|m| format!("{m:?}"))?;
+        let Err(e) = self.bridge.canonical_flows(&flows).await else {
+            return Ok(());
+        };
+        if matches!(e, OvsError::Spawn { .. } | OvsError::Timeout(_)) {
+            return Err(e.to_string());
+        }
+        // Find the first flow that makes the list fail: a prefix search, log2(n) runs.
+        let (mut ok, mut bad) = (0, flows.len());
+        while bad - ok > 1 {
+            let mid = (ok + bad) / 2;
+            if self.bridge.canonical_flows(&flows[..mid]).await.is_ok() {
+                ok = mid;
+            } else {
+                bad = mid;
+            }
+        }
+        Err(FlowError::Flow {
+            index: bad - 1,
+            reason: format!("refused by ovs-ofctl: {e}"),
+        }
+        .to_string())
+    }
+
+    async fn chain_removed(&mut self, cookie: u64) -> Vec<ChainStatus> {
+        let version = self.chains.remove(&cookie).map_or(0, |r| r.version);
+        self.assembler.forget(cookie);
+        if let Some(listed) = &mut self.listed {
+            listed.remove(&cookie);
+        }
+        self.removed.insert(cookie);
+        self.reported.remove(&cookie);
+        let mut out = self.reconcile().await;
+        if !self.removed.contains(&cookie) {
+            out.push(ChainStatus {
+                cookie,
+                version,
+                state: ChainState::Removed,
+            });
+        }
+        out
+    }
+
+    async fn flow_sync(&mut self, cookies: Vec<u64>) -> Vec<ChainStatus> {
+        if cookies.len() > MAX_SYNC_COOKIES {
+            warn!(
+                chains = cookies.len(),
+                max = MAX_SYNC_COOKIES,
+                "FlowSync lists too many chains; ignored"
+            );
+            return Vec::new();
+        }
+        let listed: HashSet<u64> = cookies.into_iter().collect();
+        let dropped: Vec<(u64, u64)> = self
+            .chains
+            .iter()
+            .filter(|(c, _)| !listed.contains(c))
+            .map(|(c, r)| (*c, r.version))
+            .collect();
+        for (c, _) in &dropped {
+            self.chains.remove(c);
+            self.reported.remove(c);
+            self.assembler.forget(*c);
+            self.removed.insert(*c);
+        }
+        info!(
+            chains = listed.len(),
+            dropped = dropped.len(),
+            "flow sync: reconciling the bridge to the controller's chain list"
+        );
+        self.listed = Some(listed);
+        let mut out = self.reconcile().await;
+        // Chains this relay had that the controller no longer lists are gone now; say so.
+        for (cookie, version) in dropped {
+            if !self.removed.contains(&cookie) {
+                out.push(ChainStatus {
+                    cookie,
+                    version,
+                    state: ChainState::Removed,
+                });
+            }
+        }
+        out
+    }
+
+    /// Reads the ports and reconciles if they changed since the last reconcile.
+    pub async fn poll_ports(&mut self) -> Vec<ChainStatus> {
+        match self.bridge.ports().await {
+            Ok(ports) if self.last_ports.as_ref() == Some(&ports) => Vec::new(),
+            Ok(ports) => {
+                debug!("bridge ports changed");
+                self.reconcile_with(ports).await
+            }
+            Err(e) => {
+                self.metrics.errors.inc();
+                debug!(error = %e, "cannot read the bridge's ports");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Makes the bridge match the desired state; returns the status changes.
+    pub async fn reconcile(&mut self) -> Vec<ChainStatus> {
+        match self.bridge.ports().await {
+            Ok(ports) => self.reconcile_with(ports).await,
+            Err(e) => self.bridge_failed(e),
+        }
+    }
+
+    fn bridge_failed(&mut self, e: OvsError) -> Vec<ChainStatus> {
+        self.metrics.errors.inc();
+        warn!(error = %e, "cannot reconcile the bridge");
+        let reason = bounded_reason(e.to_string());
+        let states: Vec<(u64, ChainState)> = self
+            .chains
+            .keys()
+            .map(|c| {
+                (
+                    *c,
+                    ChainState::Failed {
+                        reason: reason.clone(),
+                    },
+                )
+            })
+            .collect();
+        self.report(states)
+    }
+
+    async fn reconcile_with(&mut self, ports: PortMap) -> Vec<ChainStatus> {
+        self.last_ports = Some(ports.clone());
+        let mut plans = BTreeMap::new();
+        for (cookie, rules) in &self.chains {
+            plans.insert(*cookie, plan(rules, &ports));
+        }
+        self.canonicalise(&mut plans).await;
+        resolve_conflicts(&mut plans);
+
+        let dumped = match self
+            .bridge
+            .dump_flows(COOKIE_PREFIX, COOKIE_PREFIX_MASK)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => return self.bridge_failed(e),
+        };
+        let groups = match self.bridge.dump_groups().await {
+            Ok(g) => g,
+            Err(e) => return self.bridge_failed(e),
+        };
+        let ops = self.diff(&plans, &dumped, &groups);
+        let failed = self.apply(ops).await;
+
+        // Removed chains are clean once their deletes went through.
+        let still_there: HashSet<u64> = dumped
+            .iter()
+            .filter_map(|d| chain_of(d.cookie))
+            .filter(|c| failed.contains_key(&Owner::Chain(*c)))
+            .collect();
+        self.removed.retain(|c| still_there.contains(c));
+
+        let mut states = Vec::new();
+        for (cookie, plan) in plans {
+            let state = match (plan, failed.get(&Owner::Chain(cookie))) {
+                (_, Some(reason)) => ChainState::Failed {
+                    reason: reason.clone(),
+                },
+                (Plan::Install(r), None) => ChainState::Installed {
+                    flows: u32::try_from(r.flows.len()).unwrap_or(u32::MAX),
+                    groups: u32::try_from(r.groups.len()).unwrap_or(u32::MAX),
+                },
+                (Plan::Pending(missing), None) => ChainState::Pending { missing },
+                (Plan::Failed(reason), None) => ChainState::Failed { reason },
+            };
+            states.push((cookie, state));
+        }
+        self.report(states)
+    }
+
+    /// Fills in canonical forms, from the cache or from `ovs-ofctl` (one run per chain with
+    /// new flows, one per new group); a chain the switch would refuse fails.
+    async fn canonicalise(&mut self, plans: &mut BTreeMap<u64, Plan>) {
+        let mut used_flows = HashSet::new();
+        let mut used_groups = HashSet::new();
+        for plan in plans.values_mut() {
+            let Plan::Install(r) = plan else { continue };
+            let mut result = Ok(());
+            for (text, canonical) in r.groups.values_mut() {
+                match self.group_cache.get(text.as_str()) {
+                    Some(c) => *canonical = c.clone(),
+                    None => match self.bridge.canonical_group(text).await {
+                        Ok(c) => {
+                            self.group_cache.insert(text.clone(), c.clone());
+                            *canonical = c;
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    },
+                }
+                used_groups.insert(text.clone());
+            }
+            let new: Vec<RenderedFlow> = r
+                .flows
+                .iter()
+                .filter(|(f, _)| !self.flow_cache.contains_key(f))
+                .map(|(f, _)| f.clone())
+                .collect();
+            if result.is_ok() && !new.is_empty() {
+                match self.bridge.canonical_flows(&new).await {
+                    Ok(canon) => self.flow_cache.extend(new.into_iter().zip(canon)),
+                    Err(e) => result = Err(e),
+                }
+            }
+            if let Err(e) = result {
+                *plan = Plan::Failed(bounded_reason(format!("refused by ovs-ofctl: {e}")));
+                continue;
+            }
+            for (f, canonical) in &mut r.flows {
+                if let Some(c) = self.flow_cache.get(f) {
+                    *canonical = c.clone();
+                }
+                used_flows.insert(f.clone());
+            }
+        }
+        // Keep the caches to what the desired state uses.
+        self.flow_cache.retain(|f, _| used_flows.contains(f));
+        self.group_cache.retain(|g, _| used_groups.contains(g));
+    }
+
+    /// Whether flows of `chain` on the bridge are ours to change.
+    fn managed(&self, chain: u64) -> bool {
+        self.chains.contains_key(&chain)
+            || self.removed.contains(&chain)
+            || self.listed.as_ref().is_some_and(|l| !l.contains(&chain))
+    }
+
+    fn diff(
+        &self,
+        plans: &BTreeMap<u64, Plan>,
+        dumped: &[super::bridge::DumpedFlow],
+        groups: &[(u32, String)],
+    ) -> Vec<(Owner, Phase, BundleOp)> {
+        let mut ops = Vec::new();
+        // (table, match) -> (cookie, rendered, canonical)
+        let mut want: HashMap<(u8, &str), (u64, &RenderedFlow, &CanonicalFlow)> = HashMap::new();
+        let mut want_groups: BTreeMap<u32, (u64, &str, &str)> = BTreeMap::new();
+        for (chain, plan) in plans {
+            let Plan::Install(r) = plan else { continue };
+            for (rendered, canonical) in &r.flows {
+                want.insert(
+                    (canonical.table, canonical.matches.as_str()),
+                    (*chain, rendered, canonical),
+                );
+            }
+            for (id, (text, canonical)) in &r.groups {
+                want_groups
+                    .entry(*id)
+                    .or_insert((*chain, text.as_str(), canonical.as_str()));
+            }
+        }
+
+        let on_bridge: HashMap<u32, &str> = groups
+            .iter()
+            .filter(|(id, _)| is_our_group(*id))
+            .map(|(id, text)| (*id, text.as_str()))
+            .collect();
+        for (id, (chain, text, canonical)) in &want_groups {
+            match on_bridge.get(id) {
+                None => ops.push((
+                    Owner::Chain(*chain),
+                    Phase::Groups,
+                    BundleOp::AddGroup((*text).to_owned()),
+                )),
+                Some(there) if there != canonical => ops.push((
+                    Owner::Chain(*chain),
+                    Phase::Groups,
+                    BundleOp::ModifyGroup((*text).to_owned()),
+                )),
+                Some(_) => {}
+            }
+        }
+        if self.synced() {
+            for id in on_bridge.keys() {
+                if !want_groups.contains_key(id) {
+                    ops.push((
+                        Owner::Cleanup,
+                        Phase::DeleteGroups,
+                        BundleOp::DeleteGroup(*id),
+                    ));
+                }
+            }
+        }
+
+        let mut seen = HashSet::new();
+        for d in dumped {
+            let Some(chain) = chain_of(d.cookie) else {
+                continue;
+            };
+            let key = (d.flow.table, d.flow.matches.as_str());
+            match want.get(&key) {
+                Some((c, rendered, canonical)) if flow_cookie(*c) == d.cookie => {
+                    seen.insert(key);
+                    if canonical.actions != d.flow.actions {
+                        ops.push((
+                            Owner::Chain(*c),
+                            Phase::ModifyFlows,
+                            BundleOp::ModifyFlow {
+                                cookie: d.cookie,
+                                table: d.flow.table,
+                                matches: d.flow.matches.clone(),
+                                actions: rendered.actions.clone(),
+                            },
+                        ));
+                    }
+                }
+                _ if self.managed(chain) => ops.push((
+                    Owner::Chain(chain),
+                    Phase::DeleteFlows,
+                    BundleOp::DeleteFlow {
+                        cookie: d.cookie,
+                        table: d.flow.table,
+                        matches: d.flow.matches.clone(),
+                    },
+                )),
+                _ => {}
+            }
+        }
+        for (key, (chain, rendered, _)) in &want {
+            if !seen.contains(key) {
+                ops.push((
+                    Owner::Chain(*chain),
+                    Phase::AddFlows,
+                    BundleOp::AddFlow {
+                        cookie: flow_cookie(*chain),
+                        flow: (*rendered).clone(),
+                    },
+                ));
+            }
+        }
+        ops.sort_by_key(|(owner, phase, _)| (*phase, *owner));
+        ops
+    }
+
+    /// Applies `ops` as one bundle, or per owner if that fails; returns the owners whose
+    /// changes did not go through, with the reason.
+    async fn apply(&mut self, ops: Vec<(Owner, Phase, BundleOp)>) -> HashMap<Owner, String> {
+        let mut failed = HashMap::new();
+        if ops.is_empty() {
+            return failed;
+        }
+        let owners: BTreeMap<Owner, ()> = ops.iter().map(|(o, _, _)| (*o, ())).collect();
+        let all: Vec<BundleOp> = ops.iter().map(|(_, _, op)| op.clone()).collect();
+        let started = std::time::Instant::now();
+        let result = self.bridge.apply(&all).await;
+        self.metrics.bundles.inc();
+        match result {
+            Ok(()) => {
+                debug!(
+                    ops = all.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "bundle applied"
+                );
+                self.count(&all);
+                return failed;
+            }
+            Err(e) if owners.len() == 1 => {
+                self.metrics.bundle_failures.inc();
+                warn!(error = %e, "bundle refused");
+                if let Some(owner) = owners.keys().next() {
+                    failed.insert(*owner, bounded_reason(e.to_string()));
+                }
+                return failed;
+            }
+            Err(e) => {
+                self.metrics.bundle_failures.inc();
+                warn!(error = %e, "bundle refused; applying chain by chain");
+            }
+        }
+        for owner in owners.keys() {
+            let mine: Vec<BundleOp> = ops
+                .iter()
+                .filter(|(o, _, _)| o == owner)
+                .map(|(_, _, op)| op.clone())
+                .collect();
+            self.metrics.bundles.inc();
+            match self.bridge.apply(&mine).await {
+                Ok(()) => self.count(&mine),
+                Err(e) => {
+                    self.metrics.bundle_failures.inc();
+                    warn!(?owner, error = %e, "bundle refused");
+                    failed.insert(*owner, bounded_reason(e.to_string()));
+                }
+            }
+        }
+        failed
+    }
+
+    fn count(&self, ops: &[BundleOp]) {
+        for op in ops {
+            let c = match op {
+                BundleOp::AddFlow { .. } => &self.metrics.flows_added,
+                BundleOp::ModifyFlow { .. } => &self.metrics.flows_modified,
+                BundleOp::DeleteFlow { .. } => &self.metrics.flows_deleted,
+                BundleOp::AddGroup(_) | BundleOp::ModifyGroup(_) | BundleOp::DeleteGroup(_) => {
+                    &self.metrics.group_mods
+                }
+            };
+            c.inc();
+        }
+    }
+
+    /// Records the new states and returns the ones that changed.
+    fn report(&mut self, states: Vec<(u64, ChainState)>) -> Vec<ChainStatus> {
+        let mut out = Vec::new();
+        let mut counts = [0i64; 4];
+        for (cookie, state) in states {
+            let version = self.chains.get(&cookie).map_or(0, |r| r.version);
+            counts[match state {
+                ChainState::Installed { .. } => 0,
+                ChainState::Pending { .. } => 1,
+                ChainState::Failed { .. } => 2,
+                _ => 3,
+            }] += 1;
+            let now = (version, state);
+            if self.reported.get(&cookie) == Some(&now) {
+                continue;
+            }
+            match &now.1 {
+                ChainState::Installed { flows, groups } => {
+                    info!(
+                        chain.cookie = cookie,
+                        chain.version = version,
+                        flows,
+                        groups,
+                        "chain installed"
+                    )
+                }
+                ChainState::Pending { missing } => {
+                    info!(chain.cookie = cookie, chain.version = version, missing = ?missing, "chain pending: ports not on the bridge")
+                }
+                ChainState::Failed { reason } => {
+                    warn!(chain.cookie = cookie, chain.version = version, %reason, "chain failed")
+                }
+                _ => {}
+            }
+            self.reported.insert(cookie, now.clone());
+            out.push(ChainStatus {
+                cookie,
+                version: now.0,
+                state: now.1,
+            });
+        }
+        self.metrics.set_chains(counts);
+        out
+    }
+}
+
+/// Renders a chain for `ports`, or lists the ports it waits for.
+fn plan(rules: &ChainRules, ports: &PortMap) -> Plan {
+    let missing: Vec<PortRef> = rules
+        .ports()
+        .into_iter()
+        .filter(|p| ports.resolve(p).is_none())
+        .take(MAX_MISSING)
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Plan::Pending(missing);
+    }
+    let mut r = Rendered {
+        flows: Vec::with_capacity(rules.flows.len()),
+        groups: BTreeMap::new(),
+    };
+    for f in &rules.flows {
+        match render_flow(f, ports) {
+            Ok(text) => r.flows.push((
+                text,
+                CanonicalFlow {
+                    table: 0,
+                    matches: String::new(),
+                    actions: String::new(),
+                },
+            )),
+            Err(m) => return Plan::Pending(vec![m.0]),
+        }
+    }
+    for g in &rules.groups {
+        match render_group(g, ports) {
+            Ok(text) => {
+                r.groups.insert(group_id(g.group), (text, String::new()));
+            }
+            Err(m) => return Plan::Pending(vec![m.0]),
+        }
+    }
+    Plan::Install(r)
+}
+
+/// Fails chains whose groups or flows clash with those of a lower-numbered chain: two chains
+/// may share a group only with identical contents, and never a flow.
+fn resolve_conflicts(plans: &mut BTreeMap<u64, Plan>) {
+    let mut groups: HashMap<u32, (u64, String)> = HashMap::new();
+    let mut flows: HashMap<(u8, String), u64> = HashMap::new();
+    for (chain, plan) in plans.iter_mut() {
+        let Plan::Install(r) = plan else { continue };
+        let clash = r
+            .groups
+            .iter()
+            .find_map(|(id, (_, canonical))| match groups.get(id) {
+                Some((other, c)) if c != canonical => Some(format!(
+                    "group {} differs from the one chain {other} declares",
+                    id & relay_protocol::flow::MAX_GROUP
+                )),
+                _ => None,
+            })
+            .or_else(|| {
+                r.flows.iter().find_map(|(_, c)| {
+                    flows.get(&(c.table, c.matches.clone())).map(|other| {
+                        format!(
+                            "flow table={},{} is also chain {other}'s",
+                            c.table, c.matches
+                        )
+                    })
+                })
+            });
+        if let Some(reason) = clash {
+            *plan = Plan::Failed(reason);
+            continue;
+        }
+        for (id, (_, canonical)) in &r.groups {
+            groups.entry(*id).or_insert((*chain, canonical.clone()));
+        }
+        for (_, c) in &r.flows {
+            flows.insert((c.table, c.matches.clone()), *chain);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
