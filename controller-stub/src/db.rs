@@ -31,6 +31,8 @@ pub enum DbError {
     Connect(#[source] sqlx::Error),
     #[error("cannot apply the database migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("cannot create the database file {0}")]
+    Create(String, #[source] std::io::Error),
 }
 
 /// Which server is behind the pool.
@@ -62,6 +64,7 @@ impl Db {
         sqlx::any::install_default_drivers();
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.trim_start_matches("//");
+            create_private(path).map_err(|e| DbError::Create(path.to_string(), e))?;
             (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
@@ -145,6 +148,25 @@ impl WriteTx {
     /// The connection to run queries on: `query.execute(tx.conn())`.
     pub fn conn(&mut self) -> &mut sqlx::AnyConnection {
         &mut self.tx
+    }
+}
+
+/// Creates a missing SQLite file readable and writable by its owner only: it holds the VNF
+/// instance keys. SQLite gives the `-wal` and `-shm` files the database file's mode.
+fn create_private(path: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -4,13 +4,20 @@
 //! Layout: [`api`] holds the HTTP resources, one module each, over [`db`]; [`auth`] turns
 //! request headers into the caller's [`auth::Context`]; [`error::ApiError`] is the one place
 //! where failures become Neutron's status codes and bodies.
+//! [`cli`] is the `sfc` command-line client of that API.
+//! [`relay`] is the endpoint relay hosts connect to (mutual TLS) and the desired-state store of
+//! the VNF configuration API; [`pki`] makes certificates for it for local use.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod db;
+pub mod drivers;
 pub mod error;
+pub mod pki;
+pub mod relay;
 
 use std::future::IntoFuture;
 
@@ -23,6 +30,8 @@ pub enum Error {
     Db(#[from] db::DbError),
     #[error("the API server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot listen for relays")]
+    RelayListen(#[source] std::io::Error),
 }
 
 /// An error and its sources on one line, for logs and the binary's last word.

@@ -40,7 +40,71 @@ enum Command {
         /// Project of header-less requests in noauth mode.
         #[arg(long, default_value = "admin")]
         noauth_project: String,
+        /// SFC drivers to load, in call order (comma-separated names).
+        #[arg(long, value_delimiter = ',', default_value = "logging")]
+        drivers: Vec<String>,
+        /// Address of the relay endpoint (mutual TLS); off unless given, and then
+        /// --relay-cert, --relay-key and --relay-ca are required.
+        #[arg(long)]
+        relay_listen: Option<std::net::SocketAddr>,
+        /// PEM certificate (chain) of the relay endpoint.
+        #[arg(long)]
+        relay_cert: Option<std::path::PathBuf>,
+        /// PEM private key of the relay endpoint.
+        #[arg(long)]
+        relay_key: Option<std::path::PathBuf>,
+        /// PEM CA certificate(s) that relay client certificates must chain to.
+        #[arg(long)]
+        relay_ca: Option<std::path::PathBuf>,
     },
+    /// Certificates for the relay endpoint and the relays, for local use.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Creates a CA, the relay endpoint's certificate and relay client certificates in DIR.
+    Init {
+        /// Output directory (created if missing).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// DNS names and IP addresses of the endpoint's certificate (default localhost,127.0.0.1).
+        #[arg(long = "server-name", value_delimiter = ',')]
+        server_names: Vec<String>,
+        /// Host name of a relay to issue a client certificate for (repeatable).
+        #[arg(long = "relay")]
+        relays: Vec<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The relay endpoint's address and TLS configuration, if `serve` was asked for one.
+type RelaySettings = Option<(std::net::SocketAddr, std::sync::Arc<rustls::ServerConfig>)>;
+
+fn relay_settings(
+    listen: Option<std::net::SocketAddr>,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    ca: Option<std::path::PathBuf>,
+) -> Result<RelaySettings, String> {
+    match (listen, cert, key, ca) {
+        (None, None, None, None) => Ok(None),
+        (Some(listen), Some(cert), Some(key), Some(ca)) => {
+            controller_stub::relay::server_config(&cert, &key, &ca)
+                .map(|tls| Some((listen, tls)))
+                .map_err(|e| error_chain(&e))
+        }
+        _ => Err(
+            "the relay endpoint needs all of --relay-listen, --relay-cert, --relay-key and \
+             --relay-ca"
+                .into(),
+        ),
+    }
 }
 
 fn main() -> ExitCode {
@@ -73,7 +137,29 @@ fn main() -> ExitCode {
             auth,
             tokens,
             noauth_project,
+            drivers,
+            relay_listen,
+            relay_cert,
+            relay_key,
+            relay_ca,
         } => {
+            let relay = match relay_settings(relay_listen, relay_cert, relay_key, relay_ca) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("controller-stub: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let host_links = controller_stub::relay::HostLinks::default();
+            let registry = controller_stub::drivers::Registry::default();
+            let drivers =
+                match controller_stub::drivers::DriverManager::from_names(&drivers, &registry) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("controller-stub: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
             let auth = match (auth.as_str(), tokens) {
                 ("noauth", _) => Auth::NoAuth {
                     default_project: noauth_project,
@@ -106,13 +192,70 @@ fn main() -> ExitCode {
                     let _ = tokio::signal::ctrl_c().await;
                     signal.cancel();
                 });
-                controller_stub::serve(listener, AppState { db, auth }, shutdown).await
+                let state = AppState::new(db, auth).with_drivers(drivers);
+                let relay_task = match relay {
+                    Some((addr, tls)) => {
+                        let listener = tokio::net::TcpListener::bind(addr)
+                            .await
+                            .map_err(controller_stub::Error::RelayListen)?;
+                        let endpoint = controller_stub::relay::Endpoint {
+                            db: state.db.clone(),
+                            notifier: state.vnf.clone(),
+                            hosts: host_links.clone(),
+                            tls,
+                            options: controller_stub::relay::RelayOptions::default(),
+                        };
+                        let stop = shutdown.clone();
+                        Some(tokio::spawn(controller_stub::relay::serve(
+                            listener, endpoint, stop,
+                        )))
+                    }
+                    None => None,
+                };
+                let served = controller_stub::serve(listener, state, shutdown.clone()).await;
+                shutdown.cancel();
+                if let Some(task) = relay_task {
+                    let _ = task.await;
+                }
+                served
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("controller-stub: {}", error_chain(&e));
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Pki {
+            command:
+                PkiCommand::Init {
+                    dir,
+                    server_names,
+                    relays,
+                    force,
+                },
+        } => {
+            let options = controller_stub::pki::PkiOptions {
+                dir,
+                server_names,
+                relays,
+                force,
+            };
+            match controller_stub::pki::init(&options) {
+                Ok(written) => {
+                    for w in written {
+                        println!("wrote {}: {}", w.path.display(), w.purpose);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("controller-stub: {}", error_chain(&e));
+                    match e {
+                        controller_stub::pki::PkiError::Invalid(_)
+                        | controller_stub::pki::PkiError::Exists(_) => ExitCode::from(2),
+                        _ => ExitCode::from(1),
+                    }
                 }
             }
         }

@@ -7,7 +7,12 @@
 //! are JSON objects wrapped in the singular key (one) or the plural key (lists), and lists
 //! honour `fields` and attribute filters through [`ListQuery`].
 
+pub mod extensions;
 pub mod networks;
+pub mod ports;
+pub mod sfc;
+pub mod subnets;
+pub mod vnf;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -27,6 +32,35 @@ use crate::error::ApiError;
 pub struct AppState {
     pub db: Db,
     pub auth: Auth,
+    /// The drivers every SFC write calls (`crate::drivers`).
+    pub drivers: crate::drivers::DriverManager,
+    /// Per-project limits of the SFC resources.
+    pub quotas: sfc::Quotas,
+    /// Tells the relay endpoint that an instance's desired VNF configuration changed.
+    pub vnf: crate::relay::Notifier,
+}
+
+impl AppState {
+    /// The state with the default drivers (`logging`) and networking-sfc's default quotas.
+    pub fn new(db: Db, auth: Auth) -> Self {
+        AppState {
+            db,
+            auth,
+            drivers: crate::drivers::DriverManager::default_drivers(),
+            quotas: sfc::Quotas::default(),
+            vnf: crate::relay::Notifier::default(),
+        }
+    }
+
+    pub fn with_drivers(mut self, drivers: crate::drivers::DriverManager) -> Self {
+        self.drivers = drivers;
+        self
+    }
+
+    pub fn with_quotas(mut self, quotas: sfc::Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
 }
 
 /// The whole API.
@@ -35,6 +69,11 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(versions))
         .route("/v2.0", get(extensions_root))
         .merge(networks::routes())
+        .merge(extensions::routes())
+        .merge(subnets::routes())
+        .merge(ports::routes())
+        .merge(sfc::routes())
+        .merge(vnf::routes())
         .fallback(not_found)
         .with_state(state)
 }

@@ -1,0 +1,757 @@
+//! `/v2.0/sfc/port_chains`: an ordered list of port pair groups and the classifiers that steer
+//! traffic into it.
+//!
+//! `chain_id` (the OVS driver's service path id) is the lowest free value in 1..65534 unless
+//! given (0..65535; in use: 400 `PortChainChainIdInConflict`). Groups may be shared between
+//! chains, in any order, but not as an identical ordered list (409 `InvalidPortPairGroups`);
+//! two tap groups may not follow each other (400 `ConsecutiveTapPPGNotSupported`); every port
+//! pair's correlation must be unset or the chain's (400 `PortChainInconsistentCorrelations`).
+//! A classifier steers into one chain (409 `FlowClassifierInUse`, also the association's key)
+//! and must not basic-conflict with another chain's classifiers (400
+//! `PortChainFlowClassifierInConflict`). A chain in a service graph keeps its groups and
+//! classifiers and cannot be deleted (409 `ServiceGraphPortChainInUse`).
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::flow_classifiers::{basic_conflict, chain_of, visible_flow_classifier, FlowClassifier};
+use super::port_pair_groups::{members, visible_port_pair_group};
+use super::service_graphs::in_any_graph;
+use super::{
+    boolean, check_quota, create_postcommit, event, integer, json_column, lowest_free,
+    not_allowed_in_post, precommit, project_for_create, read_only, required, show, string,
+    uuid_list, Attr, DESCRIPTION_MAX, NAME_MAX,
+};
+use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
+use crate::auth::Context;
+use crate::drivers::{EventHook, ResourceKind, SfcResource, TxHook};
+use crate::error::ApiError;
+
+/// networking-sfc's `MAX_CHAIN_ID`: the largest chain id a request may name; automatic ids
+/// stay below it.
+pub const MAX_CHAIN_ID: i64 = 65535;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2.0/sfc/port_chains", get(list).post(create))
+        .route(
+            "/v2.0/sfc/port_chains/{id}",
+            get(show_one).put(update).delete(remove),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortChainCreate {
+    #[serde(default)]
+    pub id: Attr,
+    #[serde(default)]
+    pub chain_id: Attr,
+    #[serde(default)]
+    pub name: Attr,
+    #[serde(default)]
+    pub description: Attr,
+    #[serde(default)]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(default)]
+    pub port_pair_groups: Attr,
+    #[serde(default)]
+    pub flow_classifiers: Attr,
+    #[serde(default)]
+    pub chain_parameters: Attr,
+}
+
+impl Wrapped for PortChainCreate {
+    const KEY: &'static str = "port_chain";
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortChainUpdate {
+    #[serde(default)]
+    pub name: Attr,
+    #[serde(default)]
+    pub description: Attr,
+    #[serde(default)]
+    pub port_pair_groups: Attr,
+    #[serde(default)]
+    pub flow_classifiers: Attr,
+    #[serde(default)]
+    pub id: Attr,
+    #[serde(default)]
+    pub chain_id: Attr,
+    #[serde(default)]
+    pub project_id: Attr,
+    #[serde(default)]
+    pub tenant_id: Attr,
+    #[serde(default)]
+    pub chain_parameters: Attr,
+}
+
+impl Wrapped for PortChainUpdate {
+    const KEY: &'static str = "port_chain";
+}
+
+/// `chain_parameters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainParameters {
+    /// `mpls` or `nsh`.
+    pub correlation: String,
+    pub symmetric: bool,
+}
+
+impl Default for ChainParameters {
+    fn default() -> Self {
+        ChainParameters {
+            correlation: "mpls".to_string(),
+            symmetric: false,
+        }
+    }
+}
+
+impl ChainParameters {
+    /// networking-sfc's `normalize_chain_parameters` and its `type:dict` specification.
+    pub fn parse(value: &Value) -> Result<Self, ApiError> {
+        const ATTR: &str = "chain_parameters";
+        let mut params = ChainParameters::default();
+        let map = match value {
+            Value::Null => return Ok(params),
+            Value::Object(m) => m,
+            other => {
+                return Err(ApiError::invalid_attr(
+                    ATTR,
+                    format!("'{}' is not a dictionary", show(other)),
+                ))
+            }
+        };
+        let unexpected: Vec<&str> = map
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "correlation" | "symmetric"))
+            .map(String::as_str)
+            .collect();
+        if !unexpected.is_empty() {
+            return Err(ApiError::invalid_attr(
+                ATTR,
+                format!("Unexpected keys supplied: {}", unexpected.join(", ")),
+            ));
+        }
+        if let Some(c) = map.get("correlation") {
+            params.correlation = match c {
+                Value::String(s) if s == "mpls" || s == "nsh" => s.clone(),
+                other => {
+                    return Err(ApiError::invalid_attr(
+                        ATTR,
+                        format!("'{}' is not in ['mpls', 'nsh']", show(other)),
+                    ))
+                }
+            };
+        }
+        if let Some(s) = map.get("symmetric") {
+            params.symmetric = boolean(s)?;
+        }
+        Ok(params)
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"correlation": self.correlation, "symmetric": self.symmetric})
+    }
+
+    fn from_json(v: &Value) -> Self {
+        let default = ChainParameters::default();
+        ChainParameters {
+            correlation: v
+                .get("correlation")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or(default.correlation),
+            symmetric: v
+                .get("symmetric")
+                .and_then(Value::as_bool)
+                .unwrap_or(default.symmetric),
+        }
+    }
+}
+
+/// A stored port chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortChain {
+    pub id: String,
+    pub project_id: String,
+    pub name: String,
+    pub description: String,
+    pub chain_id: i64,
+    pub chain_parameters: ChainParameters,
+    /// The hops, in order.
+    pub port_pair_groups: Vec<String>,
+    pub flow_classifiers: Vec<String>,
+}
+
+impl PortChain {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(PortChain {
+            id: row.try_get("id")?,
+            project_id: row.try_get("project_id")?,
+            name: row.try_get("name")?,
+            description: row.try_get("description")?,
+            chain_id: row.try_get("chain_id")?,
+            chain_parameters: ChainParameters::from_json(&json_column(row, "chain_parameters")?),
+            port_pair_groups: Vec::new(),
+            flow_classifiers: Vec::new(),
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "project_id": self.project_id,
+            "tenant_id": self.project_id,
+            "port_pair_groups": self.port_pair_groups,
+            "flow_classifiers": self.flow_classifiers,
+            "chain_parameters": self.chain_parameters.to_json(),
+            "chain_id": self.chain_id,
+        })
+    }
+}
+
+impl SfcResource for PortChain {
+    const KIND: ResourceKind = ResourceKind::PortChain;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn to_json(&self) -> Value {
+        PortChain::to_json(self)
+    }
+}
+
+const COLUMNS: &str = "id, project_id, name, description, chain_id, chain_parameters";
+
+/// Reads one chain with its groups and classifiers (any project's; callers check ownership).
+pub async fn get_port_chain(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<PortChain>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM sfc_port_chains WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut chain = PortChain::from_row(&row)?;
+    chain.port_pair_groups = sqlx::query_scalar(
+        "SELECT portpairgroup_id FROM sfc_chain_group_associations WHERE portchain_id = $1 \
+         ORDER BY position",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    chain.flow_classifiers = sqlx::query_scalar(
+        "SELECT flowclassifier_id FROM sfc_chain_classifier_associations \
+         WHERE portchain_id = $1 ORDER BY position",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(chain))
+}
+
+/// Every chain with its groups and classifiers, oldest first.
+pub async fn all_port_chains(conn: &mut AnyConnection) -> Result<Vec<PortChain>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM sfc_port_chains ORDER BY created_at, id"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    let groups: Vec<(String, String)> = sqlx::query_as(
+        "SELECT portchain_id, portpairgroup_id FROM sfc_chain_group_associations \
+         ORDER BY portchain_id, position",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let classifiers: Vec<(String, String)> = sqlx::query_as(
+        "SELECT portchain_id, flowclassifier_id FROM sfc_chain_classifier_associations \
+         ORDER BY portchain_id, position",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut chains = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut chain = PortChain::from_row(row)?;
+        let of = |pairs: &[(String, String)]| {
+            pairs
+                .iter()
+                .filter(|(c, _)| *c == chain.id)
+                .map(|(_, x)| x.clone())
+                .collect::<Vec<_>>()
+        };
+        chain.port_pair_groups = of(&groups);
+        chain.flow_classifiers = of(&classifiers);
+        chains.push(chain);
+    }
+    Ok(chains)
+}
+
+pub fn port_chain_not_found(id: &str) -> ApiError {
+    ApiError::not_found("PortChainNotFound", format!("Port Chain {id} not found."))
+}
+
+/// A chain the caller may see, or 404 `PortChainNotFound`.
+pub async fn visible_port_chain(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    id: &str,
+) -> Result<PortChain, ApiError> {
+    match get_port_chain(conn, id).await? {
+        Some(c) if ctx.owns(&c.project_id) => Ok(c),
+        _ => Err(port_chain_not_found(id)),
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ctx: Context,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = ListQuery::parse(query.as_deref())?;
+    let mut conn = state.db.pool().acquire().await?;
+    let items = all_port_chains(&mut conn)
+        .await?
+        .into_iter()
+        .filter(|c| ctx.owns(&c.project_id))
+        .map(|c| c.to_json())
+        .collect();
+    Ok(many("port_chains", query.apply(items)))
+}
+
+async fn show_one(
+    State(state): State<AppState>,
+    ctx: Context,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = ListQuery::parse(query.as_deref())?;
+    let id = path_id("PortChain", &id).map_err(|_| port_chain_not_found(&id))?;
+    let mut conn = state.db.pool().acquire().await?;
+    let chain = visible_port_chain(&mut conn, &ctx, &id).await?;
+    Ok(one(
+        StatusCode::OK,
+        "port_chain",
+        query.select(chain.to_json()),
+    ))
+}
+
+/// `port_pair_groups`: networking-sfc's `normalize_port_pair_groups` (a list, not empty) and
+/// `type:uuid_list`.
+fn parse_groups(v: &Value) -> Result<Vec<String>, ApiError> {
+    let groups = uuid_list("port_pair_groups", v)?;
+    if groups.is_empty() {
+        return Err(ApiError::bad_request(
+            "PortPairGroupNotSpecified",
+            "Port Pair Group is not specified in Port Chain.",
+        ));
+    }
+    Ok(groups)
+}
+
+/// networking-sfc's `_validate_port_pair_groups` and `_validate_correlation_consistency`: the
+/// groups exist, no two tap groups follow each other, no other chain the caller sees has the
+/// same ordered list, and every port pair's correlation is unset or the chain's.
+async fn check_groups(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    groups: &[String],
+    correlation: &str,
+    chain: Option<&str>,
+) -> Result<(), ApiError> {
+    let mut loaded = Vec::with_capacity(groups.len());
+    let mut previous_tap = false;
+    for id in groups {
+        let group = visible_port_pair_group(conn, ctx, id).await?;
+        if previous_tap && group.tap_enabled {
+            return Err(ApiError::bad_request(
+                "ConsecutiveTapPPGNotSupported",
+                "Consecutive Tap PPG in port-chain is not supported now.",
+            ));
+        }
+        previous_tap = group.tap_enabled;
+        loaded.push(group);
+    }
+    for other in all_port_chains(conn).await? {
+        if Some(other.id.as_str()) == chain || !ctx.owns(&other.project_id) {
+            continue;
+        }
+        if other.port_pair_groups == groups {
+            return Err(ApiError::conflict(
+                "InvalidPortPairGroups",
+                format!(
+                    "Port Pair Group(s) {groups:?} in use by Port Chain {}.",
+                    other.id
+                ),
+            ));
+        }
+    }
+    for group in &loaded {
+        for pp in members(conn, group).await? {
+            if pp.correlation().is_some_and(|c| c != correlation) {
+                return Err(ApiError::bad_request(
+                    "PortChainInconsistentCorrelations",
+                    format!(
+                        "Port Chain attempted creation included a Port Pair Group ({}) with a \
+                         different protocol used as correlation type.",
+                        group.id
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// networking-sfc's `_validate_flow_classifiers`: the classifiers exist, none steers into
+/// another chain, and none basic-conflicts with a classifier of another chain the caller sees.
+async fn check_classifiers(
+    conn: &mut AnyConnection,
+    ctx: &Context,
+    classifiers: &[String],
+    chain: Option<&str>,
+) -> Result<(), ApiError> {
+    let mut fcs: Vec<FlowClassifier> = Vec::with_capacity(classifiers.len());
+    for id in classifiers {
+        fcs.push(visible_flow_classifier(conn, ctx, id).await?);
+    }
+    for fc in &fcs {
+        if let Some(owner) = chain_of(conn, &fc.id).await? {
+            if Some(owner.as_str()) != chain {
+                return Err(ApiError::conflict(
+                    "FlowClassifierInUse",
+                    format!("Flow Classifier {} in use.", fc.id),
+                ));
+            }
+        }
+    }
+    for other in all_port_chains(conn).await? {
+        if Some(other.id.as_str()) == chain || !ctx.owns(&other.project_id) {
+            continue;
+        }
+        for other_fc_id in &other.flow_classifiers {
+            let Some(other_fc) =
+                super::flow_classifiers::get_flow_classifier(conn, other_fc_id).await?
+            else {
+                continue;
+            };
+            if let Some(fc) = fcs.iter().find(|fc| basic_conflict(&other_fc, fc)) {
+                return Err(ApiError::bad_request(
+                    "PortChainFlowClassifierInConflict",
+                    format!(
+                        "Flow Classifier {} conflicts with Flow Classifier {} in port chain {}.",
+                        fc.id, other_fc.id, other.id
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn set_groups(
+    conn: &mut AnyConnection,
+    chain: &str,
+    groups: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sfc_chain_group_associations WHERE portchain_id = $1")
+        .bind(chain)
+        .execute(&mut *conn)
+        .await?;
+    for (position, group) in groups.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO sfc_chain_group_associations (portchain_id, portpairgroup_id, position) \
+             VALUES ($1, $2, $3)",
+        )
+        .bind(chain)
+        .bind(group)
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn set_classifiers(
+    conn: &mut AnyConnection,
+    chain: &str,
+    classifiers: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM sfc_chain_classifier_associations WHERE portchain_id = $1")
+        .bind(chain)
+        .execute(&mut *conn)
+        .await?;
+    for (position, fc) in classifiers.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO sfc_chain_classifier_associations \
+             (flowclassifier_id, portchain_id, position) VALUES ($1, $2, $3)",
+        )
+        .bind(fc)
+        .bind(chain)
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Context,
+    Body(req): Body<PortChainCreate>,
+) -> Result<Response, ApiError> {
+    if req.id.is_given() {
+        return Err(not_allowed_in_post("id"));
+    }
+    let groups = req
+        .port_pair_groups
+        .given()
+        .ok_or_else(|| required("port_pair_groups"))?;
+    let requested_chain_id = match req.chain_id.given() {
+        None => 0,
+        Some(v) => {
+            let id = integer(v)?;
+            if !(0..=MAX_CHAIN_ID).contains(&id) {
+                return Err(ApiError::invalid_attr(
+                    "chain_id",
+                    format!("'{id}' is not in range 0 through {MAX_CHAIN_ID}"),
+                ));
+            }
+            id
+        }
+    };
+    let name = string("name", &req.name, NAME_MAX)?.unwrap_or_default();
+    let description = string("description", &req.description, DESCRIPTION_MAX)?.unwrap_or_default();
+    let project_id = project_for_create(&ctx, &req.project_id, &req.tenant_id)?;
+    let groups = parse_groups(groups)?;
+    let classifiers = match req.flow_classifiers.given() {
+        None => Vec::new(),
+        Some(v) => uuid_list("flow_classifiers", v)?,
+    };
+    let params = match req.chain_parameters.given() {
+        None => ChainParameters::default(),
+        Some(v) => ChainParameters::parse(v)?,
+    };
+
+    let mut tx = state.db.begin_write().await?;
+    check_quota(
+        tx.conn(),
+        "sfc_port_chains",
+        "port_chain",
+        &project_id,
+        state.quotas.port_chain,
+    )
+    .await?;
+    check_groups(tx.conn(), &ctx, &groups, &params.correlation, None).await?;
+    check_classifiers(tx.conn(), &ctx, &classifiers, None).await?;
+    let used: Vec<(i64, String)> =
+        sqlx::query_as("SELECT chain_id, id FROM sfc_port_chains ORDER BY chain_id")
+            .fetch_all(tx.conn())
+            .await?;
+    let chain_id = if requested_chain_id == 0 {
+        let ids: Vec<i64> = used.iter().map(|(c, _)| *c).collect();
+        lowest_free(&ids, 1, MAX_CHAIN_ID).ok_or_else(|| {
+            ApiError::bad_request(
+                "PortChainUnavailableChainId",
+                "Port Chain no available chain id.",
+            )
+        })?
+    } else {
+        if let Some((_, other)) = used.iter().find(|(c, _)| *c == requested_chain_id) {
+            return Err(ApiError::bad_request(
+                "PortChainChainIdInConflict",
+                format!(
+                    "Chain id {requested_chain_id} conflicts with Chain id in port chain {other}."
+                ),
+            ));
+        }
+        requested_chain_id
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(&format!(
+        "INSERT INTO sfc_port_chains ({COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    ))
+    .bind(&id)
+    .bind(&project_id)
+    .bind(&name)
+    .bind(&description)
+    .bind(chain_id)
+    .bind(params.to_json().to_string())
+    .bind(timestamp())
+    .execute(tx.conn())
+    .await?;
+    set_groups(tx.conn(), &id, &groups).await?;
+    set_classifiers(tx.conn(), &id, &classifiers).await?;
+    let chain = get_port_chain(tx.conn(), &id)
+        .await?
+        .ok_or_else(|| port_chain_not_found(&id))?;
+    precommit(&state, &ctx, TxHook::Create, tx.conn(), &chain, None).await?;
+    tx.commit().await?;
+    create_postcommit(&state, &ctx, &chain, || {
+        delete_port_chain(&state, &ctx, &chain.id)
+    })
+    .await?;
+    Ok(one(StatusCode::CREATED, "port_chain", chain.to_json()))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Context,
+    Path(id): Path<String>,
+    Body(req): Body<PortChainUpdate>,
+) -> Result<Response, ApiError> {
+    let id = path_id("PortChain", &id).map_err(|_| port_chain_not_found(&id))?;
+    for (attr, value) in [
+        ("id", &req.id),
+        ("chain_id", &req.chain_id),
+        ("project_id", &req.project_id),
+        ("tenant_id", &req.tenant_id),
+        ("chain_parameters", &req.chain_parameters),
+    ] {
+        if value.is_given() {
+            return Err(read_only(attr));
+        }
+    }
+    let name = string("name", &req.name, NAME_MAX)?;
+    let description = string("description", &req.description, DESCRIPTION_MAX)?;
+    let groups = req.port_pair_groups.given().map(parse_groups).transpose()?;
+    let classifiers = req
+        .flow_classifiers
+        .given()
+        .map(|v| uuid_list("flow_classifiers", v))
+        .transpose()?;
+
+    let mut tx = state.db.begin_write().await?;
+    let original = visible_port_chain(tx.conn(), &ctx, &id).await?;
+    if (groups.is_some() || classifiers.is_some())
+        && in_any_graph(tx.conn(), std::slice::from_ref(&id), None).await?
+    {
+        return Err(graph_chain_in_use(&id));
+    }
+    if let Some(classifiers) = &classifiers {
+        check_classifiers(tx.conn(), &ctx, classifiers, Some(&id)).await?;
+        set_classifiers(tx.conn(), &id, classifiers).await?;
+    }
+    if let Some(groups) = &groups {
+        // Stricter than networking-sfc, which checks correlations on create only: an update
+        // cannot bring in port pairs the chain's encapsulation does not fit either.
+        check_groups(
+            tx.conn(),
+            &ctx,
+            groups,
+            &original.chain_parameters.correlation,
+            Some(&id),
+        )
+        .await?;
+        set_groups(tx.conn(), &id, groups).await?;
+    }
+    if let Some(name) = &name {
+        sqlx::query("UPDATE sfc_port_chains SET name = $1 WHERE id = $2")
+            .bind(name)
+            .bind(&id)
+            .execute(tx.conn())
+            .await?;
+    }
+    if let Some(description) = &description {
+        sqlx::query("UPDATE sfc_port_chains SET description = $1 WHERE id = $2")
+            .bind(description)
+            .bind(&id)
+            .execute(tx.conn())
+            .await?;
+    }
+    let chain = get_port_chain(tx.conn(), &id)
+        .await?
+        .ok_or_else(|| port_chain_not_found(&id))?;
+    precommit(
+        &state,
+        &ctx,
+        TxHook::Update,
+        tx.conn(),
+        &chain,
+        Some(&original),
+    )
+    .await?;
+    tx.commit().await?;
+    event(
+        &state,
+        &ctx,
+        EventHook::UpdatePostcommit,
+        &chain,
+        Some(&original),
+    )
+    .await?;
+    Ok(one(StatusCode::OK, "port_chain", chain.to_json()))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    ctx: Context,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = path_id("PortChain", &id).map_err(|_| port_chain_not_found(&id))?;
+    delete_port_chain(&state, &ctx, &id).await?;
+    Ok(deleted())
+}
+
+pub(crate) fn graph_chain_in_use(id: &str) -> ApiError {
+    ApiError::conflict(
+        "ServiceGraphPortChainInUse",
+        format!("Port Chain {id} in use."),
+    )
+}
+
+async fn ensure_not_in_graph(conn: &mut AnyConnection, id: &str) -> Result<(), ApiError> {
+    if in_any_graph(conn, &[id.to_string()], None).await? {
+        return Err(graph_chain_in_use(id));
+    }
+    Ok(())
+}
+
+/// Deletes a chain (its groups and classifiers stay) with its driver hooks.
+pub(crate) async fn delete_port_chain(
+    state: &AppState,
+    ctx: &Context,
+    id: &str,
+) -> Result<(), ApiError> {
+    let chain = {
+        let mut conn = state.db.pool().acquire().await?;
+        let chain = visible_port_chain(&mut conn, ctx, id).await?;
+        ensure_not_in_graph(&mut conn, id).await?;
+        chain
+    };
+    event(state, ctx, EventHook::Delete, &chain, None).await?;
+    let mut tx = state.db.begin_write().await?;
+    let chain = visible_port_chain(tx.conn(), ctx, id).await?;
+    ensure_not_in_graph(tx.conn(), id).await?;
+    for table in [
+        "sfc_chain_group_associations",
+        "sfc_chain_classifier_associations",
+    ] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE portchain_id = $1"))
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
+    }
+    sqlx::query("DELETE FROM sfc_port_chains WHERE id = $1")
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+    precommit(state, ctx, TxHook::Delete, tx.conn(), &chain, None).await?;
+    tx.commit().await?;
+    event(state, ctx, EventHook::DeletePostcommit, &chain, None).await
+}
