@@ -3,7 +3,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 300
 
-.PHONY: test setup fmt lint unit bench bench-relay bench-soak fuzz
+.PHONY: test setup fmt lint unit bench bench-relay bench-soak bench-api bench-chains fuzz
 
 test: setup fmt lint unit
 
@@ -24,10 +24,22 @@ unit:
 bench: setup
 	$(CARGO) bench -p relay-protocol --locked
 	$(CARGO) bench -p relay-host --features testing --bench relay --locked
+	$(CARGO) bench -p controller-stub --bench api --locked
 
 # The relay alone: round-trip latency against a forwarding baseline, 1000-guest fan-out, memory.
 bench-relay: setup
 	$(CARGO) bench -p relay-host --features testing --bench relay --locked
+
+# The controller's API: port-pair creates per second and list latency with 10,000 port pairs,
+# against the same HTTP stack answering without the database (API_BENCH_PAIRS to change).
+bench-api: setup
+	$(CARGO) bench -p controller-stub --bench api --locked
+
+# Port-chain create through the API to flows installed on a real (userspace) Open vSwitch, for 1
+# and 500 chains (CHAIN_BENCH_CHAINS to change), against one `ovs-ofctl --bundle add-flows` of
+# the same flows. Needs root (network namespaces, OVS daemons).
+bench-chains: setup
+	$(CARGO) bench -p e2e-tests --bench chains --locked
 
 # 60 s soak of one relay with 1000 guests (SOAK_SECS, SOAK_GUESTS to change); not part of `test`.
 bench-soak: setup
