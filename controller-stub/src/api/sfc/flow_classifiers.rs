@@ -23,9 +23,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{
-    check_quota, create_postcommit, event, json_column, not_allowed_in_post, precommit,
-    project_for_create, read_only, show, string, uuid_or_none, visible_port, Attr, DESCRIPTION_MAX,
-    NAME_MAX,
+    check_quota, create_postcommit, delete_resource, event, json_column, not_allowed_in_post,
+    precommit, project_for_create, read_only, show, string, uuid_or_none, visible_port, Attr,
+    Deletable, DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
@@ -650,7 +650,7 @@ async fn create(
     precommit(&state, &ctx, TxHook::Create, tx.conn(), &fc, None).await?;
     tx.commit().await?;
     create_postcommit(&state, &ctx, &fc, || {
-        delete_flow_classifier(&state, &ctx, &fc.id)
+        delete_resource::<FlowClassifier>(&state, &ctx, &fc.id)
     })
     .await?;
     Ok(one(StatusCode::CREATED, "flow_classifier", fc.to_json()))
@@ -733,7 +733,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = path_id("FlowClassifier", &id).map_err(|_| flow_classifier_not_found(&id))?;
-    delete_flow_classifier(&state, &ctx, &id).await?;
+    delete_resource::<FlowClassifier>(&state, &ctx, &id).await?;
     Ok(deleted())
 }
 
@@ -747,29 +747,16 @@ async fn ensure_unused(conn: &mut AnyConnection, id: &str) -> Result<(), ApiErro
     Ok(())
 }
 
-/// Deletes a classifier with its driver hooks.
-pub(crate) async fn delete_flow_classifier(
-    state: &AppState,
-    ctx: &Context,
-    id: &str,
-) -> Result<(), ApiError> {
-    let fc = {
-        let mut conn = state.db.pool().acquire().await?;
-        let fc = visible_flow_classifier(&mut conn, ctx, id).await?;
-        ensure_unused(&mut conn, id).await?;
-        fc
-    };
-    event(state, ctx, EventHook::Delete, &fc, None).await?;
-    let mut tx = state.db.begin_write().await?;
-    let fc = visible_flow_classifier(tx.conn(), ctx, id).await?;
-    ensure_unused(tx.conn(), id).await?;
-    sqlx::query("DELETE FROM sfc_flow_classifiers WHERE id = $1")
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
-    precommit(state, ctx, TxHook::Delete, tx.conn(), &fc, None).await?;
-    tx.commit().await?;
-    event(state, ctx, EventHook::DeletePostcommit, &fc, None).await
+impl Deletable for FlowClassifier {
+    const ROWS: &'static [(&'static str, &'static str)] = &[("sfc_flow_classifiers", "id")];
+
+    async fn visible(conn: &mut AnyConnection, ctx: &Context, id: &str) -> Result<Self, ApiError> {
+        visible_flow_classifier(conn, ctx, id).await
+    }
+
+    async fn ensure_unused(conn: &mut AnyConnection, id: &str) -> Result<(), ApiError> {
+        ensure_unused(conn, id).await
+    }
 }
 
 #[cfg(test)]

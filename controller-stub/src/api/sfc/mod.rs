@@ -354,6 +354,65 @@ where
     Err(e)
 }
 
+/// A resource the common delete path removes: how to find it, what keeps it from going, and
+/// the rows that go with it.
+pub(crate) trait Deletable: Dispatch + Send + Sync {
+    /// Rows deleted with it, `(table, id column)`, dependents first and its own row last.
+    const ROWS: &'static [(&'static str, &'static str)];
+
+    /// The resource as the caller may see it, or its 404.
+    fn visible(
+        conn: &mut AnyConnection,
+        ctx: &Context,
+        id: &str,
+    ) -> impl Future<Output = Result<Self, ApiError>> + Send;
+
+    /// Refuses the delete (409) while another resource uses it.
+    fn ensure_unused(
+        conn: &mut AnyConnection,
+        id: &str,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+}
+
+/// Deletes a resource with its driver hooks: the driver's `delete_*`, then one transaction with
+/// the rows and `delete_*_precommit`, then `delete_*_postcommit`. The in-use check runs before
+/// any driver hears of the delete (networking-sfc asks the drivers first, so a refused delete
+/// would already have torn down the flows) and again inside the transaction, since the first
+/// look was outside the writers' lock.
+pub(crate) async fn delete_resource<R: Deletable>(
+    state: &AppState,
+    ctx: &Context,
+    id: &str,
+) -> Result<(), ApiError> {
+    let found = {
+        let mut conn = state.db.pool().acquire().await?;
+        let found = R::visible(&mut conn, ctx, id).await?;
+        R::ensure_unused(&mut conn, id).await?;
+        found
+    };
+    event(state, ctx, EventHook::Delete, &found, None).await?;
+    let mut tx = state.db.begin_write().await?;
+    let found = R::visible(tx.conn(), ctx, id).await?;
+    R::ensure_unused(tx.conn(), id).await?;
+    for (table, column) in R::ROWS {
+        sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
+    }
+    precommit(
+        state,
+        ctx,
+        crate::drivers::TxHook::Delete,
+        tx.conn(),
+        &found,
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    event(state, ctx, EventHook::DeletePostcommit, &found, None).await
+}
+
 /// Runs a hook outside the transaction (update postcommit, delete, delete postcommit).
 pub(crate) async fn event<R: Dispatch>(
     state: &AppState,

@@ -25,9 +25,9 @@ use super::flow_classifiers::{basic_conflict, chain_of, visible_flow_classifier,
 use super::port_pair_groups::{members, visible_port_pair_group};
 use super::service_graphs::in_any_graph;
 use super::{
-    boolean, check_quota, create_postcommit, event, integer, json_column, lowest_free,
-    not_allowed_in_post, precommit, project_for_create, read_only, required, show, string,
-    uuid_list, Attr, DESCRIPTION_MAX, NAME_MAX,
+    boolean, check_quota, create_postcommit, delete_resource, event, integer, json_column,
+    lowest_free, not_allowed_in_post, precommit, project_for_create, read_only, required, show,
+    string, uuid_list, Attr, Deletable, DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
@@ -603,7 +603,7 @@ async fn create(
     precommit(&state, &ctx, TxHook::Create, tx.conn(), &chain, None).await?;
     tx.commit().await?;
     create_postcommit(&state, &ctx, &chain, || {
-        delete_port_chain(&state, &ctx, &chain.id)
+        delete_resource::<PortChain>(&state, &ctx, &chain.id)
     })
     .await?;
     Ok(one(StatusCode::CREATED, "port_chain", chain.to_json()))
@@ -704,7 +704,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = path_id("PortChain", &id).map_err(|_| port_chain_not_found(&id))?;
-    delete_port_chain(&state, &ctx, &id).await?;
+    delete_resource::<PortChain>(&state, &ctx, &id).await?;
     Ok(deleted())
 }
 
@@ -722,36 +722,18 @@ async fn ensure_not_in_graph(conn: &mut AnyConnection, id: &str) -> Result<(), A
     Ok(())
 }
 
-/// Deletes a chain (its groups and classifiers stay) with its driver hooks.
-pub(crate) async fn delete_port_chain(
-    state: &AppState,
-    ctx: &Context,
-    id: &str,
-) -> Result<(), ApiError> {
-    let chain = {
-        let mut conn = state.db.pool().acquire().await?;
-        let chain = visible_port_chain(&mut conn, ctx, id).await?;
-        ensure_not_in_graph(&mut conn, id).await?;
-        chain
-    };
-    event(state, ctx, EventHook::Delete, &chain, None).await?;
-    let mut tx = state.db.begin_write().await?;
-    let chain = visible_port_chain(tx.conn(), ctx, id).await?;
-    ensure_not_in_graph(tx.conn(), id).await?;
-    for table in [
-        "sfc_chain_group_associations",
-        "sfc_chain_classifier_associations",
-    ] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE portchain_id = $1"))
-            .bind(id)
-            .execute(tx.conn())
-            .await?;
+impl Deletable for PortChain {
+    const ROWS: &'static [(&'static str, &'static str)] = &[
+        ("sfc_chain_group_associations", "portchain_id"),
+        ("sfc_chain_classifier_associations", "portchain_id"),
+        ("sfc_port_chains", "id"),
+    ];
+
+    async fn visible(conn: &mut AnyConnection, ctx: &Context, id: &str) -> Result<Self, ApiError> {
+        visible_port_chain(conn, ctx, id).await
     }
-    sqlx::query("DELETE FROM sfc_port_chains WHERE id = $1")
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
-    precommit(state, ctx, TxHook::Delete, tx.conn(), &chain, None).await?;
-    tx.commit().await?;
-    event(state, ctx, EventHook::DeletePostcommit, &chain, None).await
+
+    async fn ensure_unused(conn: &mut AnyConnection, id: &str) -> Result<(), ApiError> {
+        ensure_not_in_graph(conn, id).await
+    }
 }

@@ -20,9 +20,9 @@ use sqlx::{AnyConnection, Row};
 use super::flow_classifiers::{parse_port, parse_prefix};
 use super::port_pairs::{group_of, visible_port_pair, PortPair};
 use super::{
-    boolean, check_quota, create_postcommit, event, json_column, lowest_free, not_allowed_in_post,
-    precommit, project_for_create, read_only, show, string, uuid_list, Attr, DESCRIPTION_MAX,
-    NAME_MAX,
+    boolean, check_quota, create_postcommit, delete_resource, event, json_column, lowest_free,
+    not_allowed_in_post, precommit, project_for_create, read_only, show, string, uuid_list, Attr,
+    Deletable, DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
@@ -527,7 +527,7 @@ async fn create(
     precommit(&state, &ctx, TxHook::Create, tx.conn(), &group, None).await?;
     tx.commit().await?;
     create_postcommit(&state, &ctx, &group, || {
-        delete_port_pair_group(&state, &ctx, &group.id)
+        delete_resource::<PortPairGroup>(&state, &ctx, &group.id)
     })
     .await?;
     Ok(one(StatusCode::CREATED, "port_pair_group", group.to_json()))
@@ -618,7 +618,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = path_id("PortPairGroup", &id).map_err(|_| port_pair_group_not_found(&id))?;
-    delete_port_pair_group(&state, &ctx, &id).await?;
+    delete_resource::<PortPairGroup>(&state, &ctx, &id).await?;
     Ok(deleted())
 }
 
@@ -638,31 +638,17 @@ async fn ensure_unused(conn: &mut AnyConnection, id: &str) -> Result<(), ApiErro
     Ok(())
 }
 
-/// Deletes a group (its port pairs become free) with its driver hooks.
-pub(crate) async fn delete_port_pair_group(
-    state: &AppState,
-    ctx: &Context,
-    id: &str,
-) -> Result<(), ApiError> {
-    let group = {
-        let mut conn = state.db.pool().acquire().await?;
-        let group = visible_port_pair_group(&mut conn, ctx, id).await?;
-        ensure_unused(&mut conn, id).await?;
-        group
-    };
-    event(state, ctx, EventHook::Delete, &group, None).await?;
-    let mut tx = state.db.begin_write().await?;
-    let group = visible_port_pair_group(tx.conn(), ctx, id).await?;
-    ensure_unused(tx.conn(), id).await?;
-    sqlx::query("DELETE FROM sfc_port_pair_group_members WHERE portpairgroup_id = $1")
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
-    sqlx::query("DELETE FROM sfc_port_pair_groups WHERE id = $1")
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
-    precommit(state, ctx, TxHook::Delete, tx.conn(), &group, None).await?;
-    tx.commit().await?;
-    event(state, ctx, EventHook::DeletePostcommit, &group, None).await
+impl Deletable for PortPairGroup {
+    const ROWS: &'static [(&'static str, &'static str)] = &[
+        ("sfc_port_pair_group_members", "portpairgroup_id"),
+        ("sfc_port_pair_groups", "id"),
+    ];
+
+    async fn visible(conn: &mut AnyConnection, ctx: &Context, id: &str) -> Result<Self, ApiError> {
+        visible_port_pair_group(conn, ctx, id).await
+    }
+
+    async fn ensure_unused(conn: &mut AnyConnection, id: &str) -> Result<(), ApiError> {
+        ensure_unused(conn, id).await
+    }
 }

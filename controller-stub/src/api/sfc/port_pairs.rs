@@ -17,8 +17,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{
-    check_quota, create_postcommit, event, json_column, precommit, project_for_create, read_only,
-    required, show, string, uuid_value, visible_port, Attr, DESCRIPTION_MAX, NAME_MAX,
+    check_quota, create_postcommit, delete_resource, event, json_column, precommit,
+    project_for_create, read_only, required, show, string, uuid_value, visible_port, Attr,
+    Deletable, DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
@@ -464,7 +465,10 @@ async fn create(
         .ok_or_else(|| port_pair_not_found(&id))?;
     precommit(&state, &ctx, TxHook::Create, tx.conn(), &pp, None).await?;
     tx.commit().await?;
-    create_postcommit(&state, &ctx, &pp, || delete_port_pair(&state, &ctx, &pp.id)).await?;
+    create_postcommit(&state, &ctx, &pp, || {
+        delete_resource::<PortPair>(&state, &ctx, &pp.id)
+    })
+    .await?;
     Ok(one(StatusCode::CREATED, "port_pair", pp.to_json()))
 }
 
@@ -534,7 +538,7 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = path_id("PortPair", &id).map_err(|_| port_pair_not_found(&id))?;
-    delete_port_pair(&state, &ctx, &id).await?;
+    delete_resource::<PortPair>(&state, &ctx, &id).await?;
     Ok(deleted())
 }
 
@@ -548,30 +552,14 @@ async fn ensure_not_in_group(conn: &mut AnyConnection, id: &str) -> Result<(), A
     Ok(())
 }
 
-/// Deletes a port pair with its driver hooks: `delete_port_pair`, then the transaction with
-/// `delete_port_pair_precommit`, then `delete_port_pair_postcommit`.
-pub(crate) async fn delete_port_pair(
-    state: &AppState,
-    ctx: &Context,
-    id: &str,
-) -> Result<(), ApiError> {
-    let pp = {
-        let mut conn = state.db.pool().acquire().await?;
-        let pp = visible_port_pair(&mut conn, ctx, id).await?;
-        // Refused before any driver hears of it (networking-sfc asks the drivers first).
-        ensure_not_in_group(&mut conn, id).await?;
-        pp
-    };
-    event(state, ctx, EventHook::Delete, &pp, None).await?;
-    let mut tx = state.db.begin_write().await?;
-    // Checked again: the first look was outside the writers' lock.
-    let pp = visible_port_pair(tx.conn(), ctx, id).await?;
-    ensure_not_in_group(tx.conn(), id).await?;
-    sqlx::query("DELETE FROM sfc_port_pairs WHERE id = $1")
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
-    precommit(state, ctx, TxHook::Delete, tx.conn(), &pp, None).await?;
-    tx.commit().await?;
-    event(state, ctx, EventHook::DeletePostcommit, &pp, None).await
+impl Deletable for PortPair {
+    const ROWS: &'static [(&'static str, &'static str)] = &[("sfc_port_pairs", "id")];
+
+    async fn visible(conn: &mut AnyConnection, ctx: &Context, id: &str) -> Result<Self, ApiError> {
+        visible_port_pair(conn, ctx, id).await
+    }
+
+    async fn ensure_unused(conn: &mut AnyConnection, id: &str) -> Result<(), ApiError> {
+        ensure_not_in_group(conn, id).await
+    }
 }

@@ -25,8 +25,9 @@ use super::flow_classifiers::{basic_conflict, visible_flow_classifier, FlowClass
 use super::port_chains::{visible_port_chain, PortChain};
 use super::port_pair_groups::{members, visible_port_pair_group};
 use super::{
-    check_quota, create_postcommit, event, not_allowed_in_post, parse_uuid, precommit,
-    project_for_create, read_only, required, show, string, Attr, DESCRIPTION_MAX, NAME_MAX,
+    check_quota, create_postcommit, delete_resource, event, not_allowed_in_post, parse_uuid,
+    precommit, project_for_create, read_only, required, show, string, Attr, Deletable,
+    DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
@@ -501,7 +502,7 @@ async fn create(
     precommit(&state, &ctx, TxHook::Create, tx.conn(), &graph, None).await?;
     tx.commit().await?;
     create_postcommit(&state, &ctx, &graph, || {
-        delete_service_graph(&state, &ctx, &graph.id)
+        delete_resource::<ServiceGraph>(&state, &ctx, &graph.id)
     })
     .await?;
     Ok(one(StatusCode::CREATED, "service_graph", graph.to_json()))
@@ -568,34 +569,23 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = path_id("ServiceGraph", &id).map_err(|_| service_graph_not_found(&id))?;
-    delete_service_graph(&state, &ctx, &id).await?;
+    delete_resource::<ServiceGraph>(&state, &ctx, &id).await?;
     Ok(deleted())
 }
 
-/// Deletes a graph (its chains stay) with its driver hooks.
-pub(crate) async fn delete_service_graph(
-    state: &AppState,
-    ctx: &Context,
-    id: &str,
-) -> Result<(), ApiError> {
-    let graph = {
-        let mut conn = state.db.pool().acquire().await?;
-        visible_service_graph(&mut conn, ctx, id).await?
-    };
-    event(state, ctx, EventHook::Delete, &graph, None).await?;
-    let mut tx = state.db.begin_write().await?;
-    let graph = visible_service_graph(tx.conn(), ctx, id).await?;
-    sqlx::query("DELETE FROM sfc_service_graph_chain_associations WHERE service_graph_id = $1")
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
-    sqlx::query("DELETE FROM sfc_service_graphs WHERE id = $1")
-        .bind(id)
-        .execute(tx.conn())
-        .await?;
-    precommit(state, ctx, TxHook::Delete, tx.conn(), &graph, None).await?;
-    tx.commit().await?;
-    event(state, ctx, EventHook::DeletePostcommit, &graph, None).await
+impl Deletable for ServiceGraph {
+    const ROWS: &'static [(&'static str, &'static str)] = &[
+        ("sfc_service_graph_chain_associations", "service_graph_id"),
+        ("sfc_service_graphs", "id"),
+    ];
+
+    async fn visible(conn: &mut AnyConnection, ctx: &Context, id: &str) -> Result<Self, ApiError> {
+        visible_service_graph(conn, ctx, id).await
+    }
+
+    async fn ensure_unused(_conn: &mut AnyConnection, _id: &str) -> Result<(), ApiError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
