@@ -23,13 +23,13 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{
-    check_quota, create_postcommit, delete_resource, event, json_column, not_allowed_in_post,
-    precommit, project_for_create, read_only, show, string, uuid_or_none, visible_port, Attr,
+    check_quota, create_postcommit, delete_resource, json_column, not_allowed_in_post, precommit,
+    project_for_create, read_only, show, string, update_names, uuid_or_none, visible_port, Attr,
     Deletable, DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
-use crate::drivers::{EventHook, ResourceKind, SfcResource, TxHook};
+use crate::drivers::{ResourceKind, SfcResource, TxHook};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -691,39 +691,7 @@ async fn update(
     }
     let name = fc_string("name", &req.name, NAME_MAX)?;
     let description = fc_string("description", &req.description, DESCRIPTION_MAX)?;
-    let mut tx = state.db.begin_write().await?;
-    let original = visible_flow_classifier(tx.conn(), &ctx, &id).await?;
-    let mut fc = original.clone();
-    if let Some(name) = name {
-        fc.name = name;
-    }
-    if let Some(description) = description {
-        fc.description = description;
-    }
-    sqlx::query("UPDATE sfc_flow_classifiers SET name = $1, description = $2 WHERE id = $3")
-        .bind(&fc.name)
-        .bind(&fc.description)
-        .bind(&id)
-        .execute(tx.conn())
-        .await?;
-    precommit(
-        &state,
-        &ctx,
-        TxHook::Update,
-        tx.conn(),
-        &fc,
-        Some(&original),
-    )
-    .await?;
-    tx.commit().await?;
-    event(
-        &state,
-        &ctx,
-        EventHook::UpdatePostcommit,
-        &fc,
-        Some(&original),
-    )
-    .await?;
+    let fc: FlowClassifier = update_names(&state, &ctx, &id, name, description).await?;
     Ok(one(StatusCode::OK, "flow_classifier", fc.to_json()))
 }
 
@@ -748,7 +716,12 @@ async fn ensure_unused(conn: &mut AnyConnection, id: &str) -> Result<(), ApiErro
 }
 
 impl Deletable for FlowClassifier {
-    const ROWS: &'static [(&'static str, &'static str)] = &[("sfc_flow_classifiers", "id")];
+    const TABLE: &'static str = "sfc_flow_classifiers";
+    const DEPENDENTS: &'static [(&'static str, &'static str)] = &[];
+
+    fn names_mut(&mut self) -> (&mut String, &mut String) {
+        (&mut self.name, &mut self.description)
+    }
 
     async fn visible(conn: &mut AnyConnection, ctx: &Context, id: &str) -> Result<Self, ApiError> {
         visible_flow_classifier(conn, ctx, id).await

@@ -356,9 +356,14 @@ where
 
 /// A resource the common delete path removes: how to find it, what keeps it from going, and
 /// the rows that go with it.
-pub(crate) trait Deletable: Dispatch + Send + Sync {
-    /// Rows deleted with it, `(table, id column)`, dependents first and its own row last.
-    const ROWS: &'static [(&'static str, &'static str)];
+pub(crate) trait Deletable: Dispatch + Clone + Send + Sync {
+    /// Its own table, keyed by `id`.
+    const TABLE: &'static str;
+    /// Rows of other tables deleted with it, `(table, id column)`.
+    const DEPENDENTS: &'static [(&'static str, &'static str)];
+
+    /// Its name and description, for [`update_names`].
+    fn names_mut(&mut self) -> (&mut String, &mut String);
 
     /// The resource as the caller may see it, or its 404.
     fn visible(
@@ -394,7 +399,7 @@ pub(crate) async fn delete_resource<R: Deletable>(
     let mut tx = state.db.begin_write().await?;
     let found = R::visible(tx.conn(), ctx, id).await?;
     R::ensure_unused(tx.conn(), id).await?;
-    for (table, column) in R::ROWS {
+    for (table, column) in R::DEPENDENTS.iter().chain([&(R::TABLE, "id")]) {
         sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
             .bind(id)
             .execute(tx.conn())
@@ -411,6 +416,57 @@ pub(crate) async fn delete_resource<R: Deletable>(
     .await?;
     tx.commit().await?;
     event(state, ctx, EventHook::DeletePostcommit, &found, None).await
+}
+
+/// Changes the name and description (the only attributes a PUT may change on port pairs,
+/// flow classifiers and service graphs) with the update hooks: one transaction with the row
+/// and `update_*_precommit`, then `update_*_postcommit`. `None` keeps the stored value.
+pub(crate) async fn update_names<R: Deletable>(
+    state: &AppState,
+    ctx: &Context,
+    id: &str,
+    name: Option<String>,
+    description: Option<String>,
+) -> Result<R, ApiError> {
+    let mut tx = state.db.begin_write().await?;
+    let original = R::visible(tx.conn(), ctx, id).await?;
+    let mut current = original.clone();
+    let (stored_name, stored_description) = current.names_mut();
+    if let Some(name) = name {
+        *stored_name = name;
+    }
+    if let Some(description) = description {
+        *stored_description = description;
+    }
+    let (name, description) = (stored_name.clone(), stored_description.clone());
+    sqlx::query(&format!(
+        "UPDATE {} SET name = $1, description = $2 WHERE id = $3",
+        R::TABLE
+    ))
+    .bind(name)
+    .bind(description)
+    .bind(id)
+    .execute(tx.conn())
+    .await?;
+    precommit(
+        state,
+        ctx,
+        crate::drivers::TxHook::Update,
+        tx.conn(),
+        &current,
+        Some(&original),
+    )
+    .await?;
+    tx.commit().await?;
+    event(
+        state,
+        ctx,
+        EventHook::UpdatePostcommit,
+        &current,
+        Some(&original),
+    )
+    .await?;
+    Ok(current)
 }
 
 /// Runs a hook outside the transaction (update postcommit, delete, delete postcommit).

@@ -723,11 +723,15 @@ async fn ensure_not_in_graph(conn: &mut AnyConnection, id: &str) -> Result<(), A
 }
 
 impl Deletable for PortChain {
-    const ROWS: &'static [(&'static str, &'static str)] = &[
+    const TABLE: &'static str = "sfc_port_chains";
+    const DEPENDENTS: &'static [(&'static str, &'static str)] = &[
         ("sfc_chain_group_associations", "portchain_id"),
         ("sfc_chain_classifier_associations", "portchain_id"),
-        ("sfc_port_chains", "id"),
     ];
+
+    fn names_mut(&mut self) -> (&mut String, &mut String) {
+        (&mut self.name, &mut self.description)
+    }
 
     async fn visible(conn: &mut AnyConnection, ctx: &Context, id: &str) -> Result<Self, ApiError> {
         visible_port_chain(conn, ctx, id).await

@@ -639,10 +639,13 @@ async fn ensure_unused(conn: &mut AnyConnection, id: &str) -> Result<(), ApiErro
 }
 
 impl Deletable for PortPairGroup {
-    const ROWS: &'static [(&'static str, &'static str)] = &[
-        ("sfc_port_pair_group_members", "portpairgroup_id"),
-        ("sfc_port_pair_groups", "id"),
-    ];
+    const TABLE: &'static str = "sfc_port_pair_groups";
+    const DEPENDENTS: &'static [(&'static str, &'static str)] =
+        &[("sfc_port_pair_group_members", "portpairgroup_id")];
+
+    fn names_mut(&mut self) -> (&mut String, &mut String) {
+        (&mut self.name, &mut self.description)
+    }
 
     async fn visible(conn: &mut AnyConnection, ctx: &Context, id: &str) -> Result<Self, ApiError> {
         visible_port_pair_group(conn, ctx, id).await

@@ -17,13 +17,13 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{
-    check_quota, create_postcommit, delete_resource, event, json_column, precommit,
-    project_for_create, read_only, required, show, string, uuid_value, visible_port, Attr,
-    Deletable, DESCRIPTION_MAX, NAME_MAX,
+    check_quota, create_postcommit, delete_resource, json_column, precommit, project_for_create,
+    read_only, required, show, string, update_names, uuid_value, visible_port, Attr, Deletable,
+    DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
-use crate::drivers::{EventHook, ResourceKind, SfcResource, TxHook};
+use crate::drivers::{ResourceKind, SfcResource, TxHook};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -496,39 +496,7 @@ async fn update(
     }
     let name = string("name", &req.name, NAME_MAX)?;
     let description = string("description", &req.description, DESCRIPTION_MAX)?;
-    let mut tx = state.db.begin_write().await?;
-    let original = visible_port_pair(tx.conn(), &ctx, &id).await?;
-    let mut pp = original.clone();
-    if let Some(name) = name {
-        pp.name = name;
-    }
-    if let Some(description) = description {
-        pp.description = description;
-    }
-    sqlx::query("UPDATE sfc_port_pairs SET name = $1, description = $2 WHERE id = $3")
-        .bind(&pp.name)
-        .bind(&pp.description)
-        .bind(&id)
-        .execute(tx.conn())
-        .await?;
-    precommit(
-        &state,
-        &ctx,
-        TxHook::Update,
-        tx.conn(),
-        &pp,
-        Some(&original),
-    )
-    .await?;
-    tx.commit().await?;
-    event(
-        &state,
-        &ctx,
-        EventHook::UpdatePostcommit,
-        &pp,
-        Some(&original),
-    )
-    .await?;
+    let pp: PortPair = update_names(&state, &ctx, &id, name, description).await?;
     Ok(one(StatusCode::OK, "port_pair", pp.to_json()))
 }
 
@@ -553,7 +521,12 @@ async fn ensure_not_in_group(conn: &mut AnyConnection, id: &str) -> Result<(), A
 }
 
 impl Deletable for PortPair {
-    const ROWS: &'static [(&'static str, &'static str)] = &[("sfc_port_pairs", "id")];
+    const TABLE: &'static str = "sfc_port_pairs";
+    const DEPENDENTS: &'static [(&'static str, &'static str)] = &[];
+
+    fn names_mut(&mut self) -> (&mut String, &mut String) {
+        (&mut self.name, &mut self.description)
+    }
 
     async fn visible(conn: &mut AnyConnection, ctx: &Context, id: &str) -> Result<Self, ApiError> {
         visible_port_pair(conn, ctx, id).await

@@ -25,13 +25,13 @@ use super::flow_classifiers::{basic_conflict, visible_flow_classifier, FlowClass
 use super::port_chains::{visible_port_chain, PortChain};
 use super::port_pair_groups::{members, visible_port_pair_group};
 use super::{
-    check_quota, create_postcommit, delete_resource, event, not_allowed_in_post, parse_uuid,
-    precommit, project_for_create, read_only, required, show, string, Attr, Deletable,
+    check_quota, create_postcommit, delete_resource, not_allowed_in_post, parse_uuid, precommit,
+    project_for_create, read_only, required, show, string, update_names, Attr, Deletable,
     DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
-use crate::drivers::{EventHook, ResourceKind, SfcResource, TxHook};
+use crate::drivers::{ResourceKind, SfcResource, TxHook};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -527,39 +527,7 @@ async fn update(
     }
     let name = string("name", &req.name, NAME_MAX)?;
     let description = string("description", &req.description, DESCRIPTION_MAX)?;
-    let mut tx = state.db.begin_write().await?;
-    let original = visible_service_graph(tx.conn(), &ctx, &id).await?;
-    let mut graph = original.clone();
-    if let Some(name) = name {
-        graph.name = name;
-    }
-    if let Some(description) = description {
-        graph.description = description;
-    }
-    sqlx::query("UPDATE sfc_service_graphs SET name = $1, description = $2 WHERE id = $3")
-        .bind(&graph.name)
-        .bind(&graph.description)
-        .bind(&id)
-        .execute(tx.conn())
-        .await?;
-    precommit(
-        &state,
-        &ctx,
-        TxHook::Update,
-        tx.conn(),
-        &graph,
-        Some(&original),
-    )
-    .await?;
-    tx.commit().await?;
-    event(
-        &state,
-        &ctx,
-        EventHook::UpdatePostcommit,
-        &graph,
-        Some(&original),
-    )
-    .await?;
+    let graph: ServiceGraph = update_names(&state, &ctx, &id, name, description).await?;
     Ok(one(StatusCode::OK, "service_graph", graph.to_json()))
 }
 
@@ -574,10 +542,13 @@ async fn remove(
 }
 
 impl Deletable for ServiceGraph {
-    const ROWS: &'static [(&'static str, &'static str)] = &[
-        ("sfc_service_graph_chain_associations", "service_graph_id"),
-        ("sfc_service_graphs", "id"),
-    ];
+    const TABLE: &'static str = "sfc_service_graphs";
+    const DEPENDENTS: &'static [(&'static str, &'static str)] =
+        &[("sfc_service_graph_chain_associations", "service_graph_id")];
+
+    fn names_mut(&mut self) -> (&mut String, &mut String) {
+        (&mut self.name, &mut self.description)
+    }
 
     async fn visible(conn: &mut AnyConnection, ctx: &Context, id: &str) -> Result<Self, ApiError> {
         visible_service_graph(conn, ctx, id).await
