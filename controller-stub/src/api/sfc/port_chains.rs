@@ -440,17 +440,23 @@ async fn check_classifiers(
             }
         }
     }
+    // Every classifier in one query: one per chain made each create linear in the number
+    // of chains in queries, and a run of creates quadratic.
+    let by_id: std::collections::HashMap<String, FlowClassifier> =
+        super::flow_classifiers::all_flow_classifiers(conn)
+            .await?
+            .into_iter()
+            .map(|fc| (fc.id.clone(), fc))
+            .collect();
     for other in all_port_chains(conn).await? {
         if Some(other.id.as_str()) == chain || !ctx.owns(&other.project_id) {
             continue;
         }
         for other_fc_id in &other.flow_classifiers {
-            let Some(other_fc) =
-                super::flow_classifiers::get_flow_classifier(conn, other_fc_id).await?
-            else {
+            let Some(other_fc) = by_id.get(other_fc_id) else {
                 continue;
             };
-            if let Some(fc) = fcs.iter().find(|fc| basic_conflict(&other_fc, fc)) {
+            if let Some(fc) = fcs.iter().find(|fc| basic_conflict(other_fc, fc)) {
                 return Err(ApiError::bad_request(
                     "PortChainFlowClassifierInConflict",
                     format!(
