@@ -150,8 +150,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // The relay endpoint's host links, shared with the OVS driver that sends through
+            // them.
             let host_links = controller_stub::relay::HostLinks::default();
-            let registry = controller_stub::drivers::Registry::default();
+            let ovs_driver = controller_stub::drivers::ovs::OvsDriver::new(host_links.clone());
+            let mut registry = controller_stub::drivers::Registry::default();
+            ovs_driver.register(&mut registry);
+            let uses_ovs = drivers
+                .iter()
+                .any(|d| d == controller_stub::drivers::ovs::NAME);
             let drivers =
                 match controller_stub::drivers::DriverManager::from_names(&drivers, &registry) {
                     Ok(d) => d,
@@ -205,6 +212,14 @@ fn main() -> ExitCode {
                             tls,
                             options: controller_stub::relay::RelayOptions::default(),
                         };
+                        if uses_ovs {
+                            let (db, stop) = (state.db.clone(), shutdown.clone());
+                            tokio::spawn(async move {
+                                ovs_driver
+                                    .run(db, std::time::Duration::from_secs(30), stop)
+                                    .await
+                            });
+                        }
                         let stop = shutdown.clone();
                         Some(tokio::spawn(controller_stub::relay::serve(
                             listener, endpoint, stop,

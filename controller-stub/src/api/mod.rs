@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(subnets::routes())
         .merge(ports::routes())
         .merge(sfc::routes())
+        .merge(crate::drivers::ovs::status::routes())
         .merge(vnf::routes())
         .fallback(not_found)
         .with_state(state)

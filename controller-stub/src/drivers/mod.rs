@@ -33,6 +33,7 @@
 //! is a startup error.
 
 pub mod logging;
+pub mod ovs;
 
 use std::collections::BTreeMap;
 use std::fmt;

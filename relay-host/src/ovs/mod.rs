@@ -210,6 +210,10 @@ impl OvsMetrics {
     }
 }
 
+/// Most queued commands handled with one reconcile (a controller resync of this many chains
+/// costs one bridge dump and one bundle).
+const MAX_BATCH: usize = 1024;
+
 /// Runs the programmer until `shutdown`: commands from the controller, port polling, periodic
 /// verification; status changes go to the controller through `uplink`.
 pub async fn run<B: Bridge>(
@@ -235,7 +239,17 @@ pub async fn run<B: Bridge>(
                 biased;
                 _ = shutdown.cancelled() => return,
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => programmer.handle(cmd).await,
+                    Some(cmd) => {
+                        // Whatever else is already queued goes into the same reconcile.
+                        let mut batch = vec![cmd];
+                        while batch.len() < MAX_BATCH {
+                            match commands.try_recv() {
+                                Ok(cmd) => batch.push(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                        programmer.handle_batch(batch).await
+                    }
                     None => return,
                 },
                 _ = verify.tick() => programmer.reconcile().await,

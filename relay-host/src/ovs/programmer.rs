@@ -3,7 +3,8 @@
 //! State: the latest valid [`ChainRules`] per chain, the chain list of the last `FlowSync`
 //! (none before the first), and chains removed but maybe not yet cleaned off the bridge.
 //!
-//! Reconcile (after every complete update, removal and sync, when the bridge's ports change,
+//! Reconcile (after every complete update, removal and sync, or once after a batch of them
+//! that arrived together, see [`Programmer::handle_batch`]; when the bridge's ports change;
 //! and periodically): read the ports; render every chain whose ports are all on the bridge
 //! (the others are pending and get nothing on the bridge: their old port numbers may belong
 //! to other VMs by now); canonicalise the rendering with `ovs-ofctl` (cached); drop chains whose
@@ -56,6 +57,16 @@ struct Rendered {
     flows: Vec<(RenderedFlow, CanonicalFlow)>,
     /// OpenFlow group id -> (rendered, canonical).
     groups: BTreeMap<u32, (String, String)>,
+}
+
+/// What became of one `ChainFlows` part.
+enum Accepted {
+    /// A part of a multi-part update; more to come.
+    Incomplete,
+    /// Refused; the status says why.
+    Rejected(ChainStatus),
+    /// The chain's new rules are the desired state; a reconcile puts them on the bridge.
+    Stored,
 }
 
 /// The outcome of planning one chain.
@@ -136,29 +147,78 @@ impl<B: Bridge> Programmer<B> {
 
     /// Handles one command; returns the status reports it caused.
     pub async fn handle(&mut self, cmd: FlowCommand) -> Vec<ChainStatus> {
-        match cmd {
-            FlowCommand::ChainFlows(part) => self.chain_flows(part).await,
-            FlowCommand::ChainRemoved(cookie) => self.chain_removed(cookie).await,
-            FlowCommand::FlowSync(cookies) => self.flow_sync(cookies).await,
-        }
+        self.handle_batch(vec![cmd]).await
     }
 
-    async fn chain_flows(&mut self, part: ChainFlows) -> Vec<ChainStatus> {
+    /// Handles commands that arrived together with one reconcile at the end, so that a burst
+    /// of chains (a controller resync, many chains created at once) costs one dump, diff and
+    /// bundle instead of one per chain. The outcome is the one of handling them one by one
+    /// (every change lands in the same bundle, which is atomic anyway); returns the status
+    /// reports they caused.
+    pub async fn handle_batch(&mut self, cmds: Vec<FlowCommand>) -> Vec<ChainStatus> {
+        let mut out = Vec::new();
+        // Chains removed by this batch, with the version they had: reported `Removed` once
+        // their flows are off the bridge.
+        let mut gone: Vec<(u64, u64)> = Vec::new();
+        let mut dirty = false;
+        for cmd in cmds {
+            match cmd {
+                FlowCommand::ChainFlows(part) => {
+                    let cookie = part.cookie;
+                    match self.chain_flows(part).await {
+                        Accepted::Incomplete => {}
+                        Accepted::Rejected(status) => out.push(status),
+                        Accepted::Stored => {
+                            gone.retain(|(c, _)| *c != cookie);
+                            dirty = true;
+                        }
+                    }
+                }
+                FlowCommand::ChainRemoved(cookie) => {
+                    gone.retain(|(c, _)| *c != cookie);
+                    gone.push((cookie, self.chain_removed(cookie)));
+                    dirty = true;
+                }
+                FlowCommand::FlowSync(cookies) => {
+                    if let Some(dropped) = self.flow_sync(cookies) {
+                        gone.retain(|(c, _)| !dropped.iter().any(|(d, _)| d == c));
+                        gone.extend(dropped);
+                        dirty = true;
+                    }
+                }
+            }
+        }
+        if dirty {
+            out.extend(self.reconcile().await);
+        }
+        for (cookie, version) in gone {
+            if !self.removed.contains(&cookie) {
+                out.push(ChainStatus {
+                    cookie,
+                    version,
+                    state: ChainState::Removed,
+                });
+            }
+        }
+        out
+    }
+
+    async fn chain_flows(&mut self, part: ChainFlows) -> Accepted {
         let (cookie, version) = (part.cookie, part.version);
         let rules = match self.assembler.push(part) {
-            Ok(None) => return Vec::new(),
+            Ok(None) => return Accepted::Incomplete,
             Ok(Some(rules)) => rules,
-            Err(e) => return self.reject(cookie, version, e.to_string()),
+            Err(e) => return Accepted::Rejected(self.reject(cookie, version, e.to_string())),
         };
         if let Err(e) = rules.validate() {
-            return self.reject(cookie, version, e.to_string());
+            return Accepted::Rejected(self.reject(cookie, version, e.to_string()));
         }
         if let Err(reason) = self.check_with_ovs(&rules).await {
-            return self.reject(cookie, version, reason);
+            return Accepted::Rejected(self.reject(cookie, version, reason));
         }
-        let span = tracing::info_span!("chain", chain.cookie = cookie, chain.version = version);
-        let _enter = span.enter();
         debug!(
+            chain.cookie = cookie,
+            chain.version = version,
             flows = rules.flows.len(),
             groups = rules.groups.len(),
             "chain rules received"
@@ -170,11 +230,11 @@ impl<B: Bridge> Programmer<B> {
         self.chains.insert(cookie, rules);
         // The controller hears back about every update, changed or not.
         self.reported.remove(&cookie);
-        self.reconcile().await
+        Accepted::Stored
     }
 
     /// Refuses an update; the chain keeps its previous rules (if any) on the bridge.
-    fn reject(&mut self, cookie: u64, version: u64, reason: String) -> Vec<ChainStatus> {
+    fn reject(&mut self, cookie: u64, version: u64, reason: String) -> ChainStatus {
         warn!(chain.cookie = cookie, chain.version = version, %reason, "chain rules rejected");
         self.metrics.rejected.inc();
         if let Some(listed) = &mut self.listed {
@@ -184,23 +244,29 @@ impl<B: Bridge> Programmer<B> {
             reason: bounded_reason(reason),
         };
         self.reported.insert(cookie, (version, state.clone()));
-        vec![ChainStatus {
+        ChainStatus {
             cookie,
             version,
             state,
-        }]
+        }
     }
 
     /// Has `ovs-ofctl` parse the rendered rules (with stand-in port numbers) so that rules the
     /// switch would refuse are refused before anything is changed; names the first bad flow.
     async fn check_with_ovs(&mut self, rules: &ChainRules) -> Result<(), String> {
+        // Canonical groups, cached once the whole rule set passed: a group without output
+        // ports renders the same for the bridge's real ports, so the reconcile that follows
+        // finds it in the cache instead of asking `ovs-ofctl` again.
+        let mut checked = Vec::new();
         for g in &rules.groups {
             let text = render_group(g, &AnyPort).map_err(|m| format!("{m:?}"))?;
             if !self.group_cache.contains_key(&text) {
-                self.bridge
+                let canonical = self
+                    .bridge
                     .canonical_group(&text)
                     .await
                     .map_err(|e| format!("group {}: {e}", g.group))?;
+                checked.push((text, canonical));
             }
         }
         let flows: Vec<RenderedFlow> = rules
@@ -210,6 +276,7 @@ impl<B: Bridge> Programmer<B> {
             .collect::<Result<_, _>>()
             .map_err(|m| format!("{m:?}"))?;
         let Err(e) = self.bridge.canonical_flows(&flows).await else {
+            self.group_cache.extend(checked);
             return Ok(());
         };
         if matches!(e, OvsError::Spawn { .. } | OvsError::Timeout(_)) {
@@ -232,7 +299,8 @@ impl<B: Bridge> Programmer<B> {
         .to_string())
     }
 
-    async fn chain_removed(&mut self, cookie: u64) -> Vec<ChainStatus> {
+    /// Forgets a chain; returns the version it had (0 if unknown).
+    fn chain_removed(&mut self, cookie: u64) -> u64 {
         let version = self.chains.remove(&cookie).map_or(0, |r| r.version);
         self.assembler.forget(cookie);
         if let Some(listed) = &mut self.listed {
@@ -240,25 +308,19 @@ impl<B: Bridge> Programmer<B> {
         }
         self.removed.insert(cookie);
         self.reported.remove(&cookie);
-        let mut out = self.reconcile().await;
-        if !self.removed.contains(&cookie) {
-            out.push(ChainStatus {
-                cookie,
-                version,
-                state: ChainState::Removed,
-            });
-        }
-        out
+        version
     }
 
-    async fn flow_sync(&mut self, cookies: Vec<u64>) -> Vec<ChainStatus> {
+    /// Takes the controller's chain list; returns the chains it dropped with their versions,
+    /// or `None` when the list was ignored.
+    fn flow_sync(&mut self, cookies: Vec<u64>) -> Option<Vec<(u64, u64)>> {
         if cookies.len() > MAX_SYNC_COOKIES {
             warn!(
                 chains = cookies.len(),
                 max = MAX_SYNC_COOKIES,
                 "FlowSync lists too many chains; ignored"
             );
-            return Vec::new();
+            return None;
         }
         let listed: HashSet<u64> = cookies.into_iter().collect();
         let dropped: Vec<(u64, u64)> = self
@@ -279,18 +341,7 @@ impl<B: Bridge> Programmer<B> {
             "flow sync: reconciling the bridge to the controller's chain list"
         );
         self.listed = Some(listed);
-        let mut out = self.reconcile().await;
-        // Chains this relay had that the controller no longer lists are gone now; say so.
-        for (cookie, version) in dropped {
-            if !self.removed.contains(&cookie) {
-                out.push(ChainStatus {
-                    cookie,
-                    version,
-                    state: ChainState::Removed,
-                });
-            }
-        }
-        out
+        Some(dropped)
     }
 
     /// Reads the ports and reconciles if they changed since the last reconcile.
@@ -391,6 +442,25 @@ impl<B: Bridge> Programmer<B> {
     async fn canonicalise(&mut self, plans: &mut BTreeMap<u64, Plan>) {
         let mut used_flows = HashSet::new();
         let mut used_groups = HashSet::new();
+        // One `ovs-ofctl` run for the new flows of every chain (a batch of new chains costs one
+        // process, not one each); chain by chain below only if that run fails, to tell which
+        // chain's flows the switch refuses.
+        let mut seen = HashSet::new();
+        let all_new: Vec<RenderedFlow> = plans
+            .values()
+            .filter_map(|p| match p {
+                Plan::Install(r) => Some(r.flows.iter().map(|(f, _)| f)),
+                _ => None,
+            })
+            .flatten()
+            .filter(|f| !self.flow_cache.contains_key(*f) && seen.insert(*f))
+            .cloned()
+            .collect();
+        if !all_new.is_empty() {
+            if let Ok(canon) = self.bridge.canonical_flows(&all_new).await {
+                self.flow_cache.extend(all_new.into_iter().zip(canon));
+            }
+        }
         for plan in plans.values_mut() {
             let Plan::Install(r) = plan else { continue };
             let mut result = Ok(());

@@ -586,3 +586,37 @@ async fn multi_part_updates_apply_once_complete() {
     }
     assert_eq!(p.bridge().bundles.len(), 1);
 }
+
+#[tokio::test]
+async fn commands_that_arrive_together_make_one_bundle_with_the_same_outcome() {
+    let mut p = programmer(FakeBridge::with_ports(&[(SRC, 3), (SF_IN, 4)]));
+    let st = p
+        .handle_batch(vec![
+            chain(1, 1, vec![classifier(80), ingress()]),
+            chain(2, 1, vec![classifier(81)]),
+            chain(3, 1, vec![classifier(82)]),
+            FlowCommand::ChainRemoved(3),
+            // Removed, then back: installed, never reported removed.
+            chain(4, 1, vec![classifier(83)]),
+            FlowCommand::ChainRemoved(4),
+            chain(4, 2, vec![classifier(84)]),
+        ])
+        .await;
+    assert_eq!(p.bridge().bundles.len(), 1, "one reconcile for the batch");
+    let mut got: Vec<(u64, u64, ChainState)> = st
+        .into_iter()
+        .map(|s| (s.cookie, s.version, s.state))
+        .collect();
+    got.sort_by_key(|(c, v, _)| (*c, *v));
+    assert_eq!(
+        got,
+        [
+            (1, 1, installed(2)),
+            (2, 1, installed(1)),
+            (3, 1, ChainState::Removed),
+            (4, 2, installed(1)),
+        ]
+    );
+    assert!(p.bridge().flows_of(3).is_empty());
+    assert_eq!(p.bridge().flows_of(4).len(), 1);
+}
