@@ -285,18 +285,22 @@ pub async fn all_port_chains(conn: &mut AnyConnection) -> Result<Vec<PortChain>,
     )
     .fetch_all(&mut *conn)
     .await?;
+    // Grouped by chain once (the rows come ordered by chain and position): filtering the
+    // whole association list for every chain made this quadratic in the number of chains.
+    let by_chain = |pairs: Vec<(String, String)>| {
+        let mut map: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        for (chain, x) in pairs {
+            map.entry(chain).or_default().push(x);
+        }
+        map
+    };
+    let (mut groups, mut classifiers) = (by_chain(groups), by_chain(classifiers));
     let mut chains = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut chain = PortChain::from_row(row)?;
-        let of = |pairs: &[(String, String)]| {
-            pairs
-                .iter()
-                .filter(|(c, _)| *c == chain.id)
-                .map(|(_, x)| x.clone())
-                .collect::<Vec<_>>()
-        };
-        chain.port_pair_groups = of(&groups);
-        chain.flow_classifiers = of(&classifiers);
+        chain.port_pair_groups = groups.remove(&chain.id).unwrap_or_default();
+        chain.flow_classifiers = classifiers.remove(&chain.id).unwrap_or_default();
         chains.push(chain);
     }
     Ok(chains)
