@@ -118,7 +118,9 @@ key=$( {
   cat "$constraints" "$src/requirements.txt" "$src/test-requirements.txt"
 } | sha256sum | cut -c1-16)
 venv=$cache/venv-$key
-if [ -f "$venv/.complete" ]; then
+# The marker holds the path the venv was built at: its scripts name their interpreter by
+# absolute path, so a venv whose cache directory moved is built again.
+if [ "$(cat "$venv/.complete" 2>/dev/null)" = "$venv" ]; then
   say "venv: cached $venv"
 else
   start=$SECONDS
@@ -132,7 +134,7 @@ else
     rm -rf "$venv"
     die "installing Nova's Python dependencies (full log: $cache/pip.log)"
   fi
-  touch "$venv/.complete"
+  echo "$venv" >"$venv/.complete"
   # Older venvs are not used again.
   find "$cache" -maxdepth 1 -name 'venv-*' ! -name "venv-$key" -exec rm -rf {} +
   say "venv: built in $(elapsed "$start")"

@@ -21,16 +21,18 @@ venv="$cache/venv-$key"
 mkdir -p "$cache"
 
 # One builder at a time (test binaries and developers may run this concurrently); a venv is
-# used only once its marker says the install finished, and a half-built one is rebuilt.
+# used only once its marker says the install finished at this very path (a venv's scripts
+# name their interpreter by absolute path, so a moved target directory needs a new one), and
+# anything else is rebuilt.
 exec 9>"$cache/lock"
 flock 9
-if [ ! -e "$venv/.complete" ]; then
+if [ "$(cat "$venv/.complete" 2>/dev/null)" != "$venv" ]; then
     echo "client.sh: building the OpenStack client venv in $venv" >&2
     rm -rf "$venv"
     "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input \
         -r "$here/requirements.txt" >&2
-    touch "$venv/.complete"
+    echo "$venv" >"$venv/.complete"
 fi
 flock -u 9
 
