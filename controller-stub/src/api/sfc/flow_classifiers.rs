@@ -23,13 +23,13 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{
-    check_quota, create_postcommit, delete_resource, json_column, not_allowed_in_post, precommit,
+    check_quota, commit_create, delete_resource, json_column, not_allowed_in_post,
     project_for_create, read_only, show, string, update_names, uuid_or_none, visible_port, Attr,
     Deletable, DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
-use crate::drivers::{ResourceKind, SfcResource, TxHook};
+use crate::drivers::{ResourceKind, SfcResource};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -647,12 +647,7 @@ async fn create(
     let fc = get_flow_classifier(tx.conn(), &fc.id)
         .await?
         .ok_or_else(|| flow_classifier_not_found(&fc.id))?;
-    precommit(&state, &ctx, TxHook::Create, tx.conn(), &fc, None).await?;
-    tx.commit().await?;
-    create_postcommit(&state, &ctx, &fc, || {
-        delete_resource::<FlowClassifier>(&state, &ctx, &fc.id)
-    })
-    .await?;
+    commit_create(&state, &ctx, tx, &fc).await?;
     Ok(one(StatusCode::CREATED, "flow_classifier", fc.to_json()))
 }
 

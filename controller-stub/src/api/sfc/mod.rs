@@ -33,7 +33,8 @@ use sqlx::{AnyConnection, Row};
 
 use super::AppState;
 use crate::auth::Context;
-use crate::drivers::{Dispatch, Event, EventHook};
+use crate::db::WriteTx;
+use crate::drivers::{Dispatch, Event, EventHook, TxHook};
 use crate::error::ApiError;
 
 pub use flow_classifiers::FlowClassifier;
@@ -312,30 +313,18 @@ pub(crate) fn json_column(row: &sqlx::any::AnyRow, column: &str) -> Result<Value
     serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-/// Runs the create postcommit hooks; if they fail, deletes the new resource again with
-/// `undo` (the normal delete path, hooks included) and returns the driver's error.
-pub(crate) async fn create_postcommit<R, F, Fut>(
+/// Finishes a create: `create_*_precommit` inside the transaction, the commit, then the
+/// postcommit hooks. If those fail, the new resource is deleted again through the normal
+/// delete path (hooks included) and the driver's error is returned.
+pub(crate) async fn commit_create<R: Deletable>(
     state: &AppState,
     ctx: &Context,
+    mut tx: WriteTx,
     item: &R,
-    undo: F,
-) -> Result<(), ApiError>
-where
-    R: Dispatch,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<(), ApiError>>,
-{
-    let event = Event {
-        current: item,
-        original: None,
-        caller: ctx,
-        db: &state.db,
-    };
-    let Err(e) = state
-        .drivers
-        .event(EventHook::CreatePostcommit, &event)
-        .await
-    else {
+) -> Result<(), ApiError> {
+    precommit(state, ctx, TxHook::Create, tx.conn(), item, None).await?;
+    tx.commit().await?;
+    let Err(e) = event(state, ctx, EventHook::CreatePostcommit, item, None).await else {
         return Ok(());
     };
     tracing::error!(
@@ -343,7 +332,7 @@ where
         id = item.id(),
         "create postcommit failed, deleting the new resource"
     );
-    if let Err(undo_error) = undo().await {
+    if let Err(undo_error) = delete_resource::<R>(state, ctx, item.id()).await {
         tracing::error!(
             resource = R::KIND.name(),
             id = item.id(),
@@ -352,6 +341,35 @@ where
         );
     }
     Err(e)
+}
+
+/// Finishes an update: `update_*_precommit` inside the transaction, the commit, then the
+/// postcommit hooks (whose failure is reported but not undone, as in networking-sfc).
+pub(crate) async fn commit_update<R: Dispatch>(
+    state: &AppState,
+    ctx: &Context,
+    mut tx: WriteTx,
+    current: &R,
+    original: &R,
+) -> Result<(), ApiError> {
+    precommit(
+        state,
+        ctx,
+        TxHook::Update,
+        tx.conn(),
+        current,
+        Some(original),
+    )
+    .await?;
+    tx.commit().await?;
+    event(
+        state,
+        ctx,
+        EventHook::UpdatePostcommit,
+        current,
+        Some(original),
+    )
+    .await
 }
 
 /// A resource the common delete path removes: how to find it, what keeps it from going, and
@@ -405,15 +423,7 @@ pub(crate) async fn delete_resource<R: Deletable>(
             .execute(tx.conn())
             .await?;
     }
-    precommit(
-        state,
-        ctx,
-        crate::drivers::TxHook::Delete,
-        tx.conn(),
-        &found,
-        None,
-    )
-    .await?;
+    precommit(state, ctx, TxHook::Delete, tx.conn(), &found, None).await?;
     tx.commit().await?;
     event(state, ctx, EventHook::DeletePostcommit, &found, None).await
 }
@@ -448,24 +458,7 @@ pub(crate) async fn update_names<R: Deletable>(
     .bind(id)
     .execute(tx.conn())
     .await?;
-    precommit(
-        state,
-        ctx,
-        crate::drivers::TxHook::Update,
-        tx.conn(),
-        &current,
-        Some(&original),
-    )
-    .await?;
-    tx.commit().await?;
-    event(
-        state,
-        ctx,
-        EventHook::UpdatePostcommit,
-        &current,
-        Some(&original),
-    )
-    .await?;
+    commit_update(state, ctx, tx, &current, &original).await?;
     Ok(current)
 }
 

@@ -25,13 +25,13 @@ use super::flow_classifiers::{basic_conflict, chain_of, visible_flow_classifier,
 use super::port_pair_groups::{members, visible_port_pair_group};
 use super::service_graphs::in_any_graph;
 use super::{
-    boolean, check_quota, create_postcommit, delete_resource, event, integer, json_column,
-    lowest_free, not_allowed_in_post, precommit, project_for_create, read_only, required, show,
-    string, uuid_list, Attr, Deletable, DESCRIPTION_MAX, NAME_MAX,
+    boolean, check_quota, commit_create, commit_update, delete_resource, integer, json_column,
+    lowest_free, not_allowed_in_post, project_for_create, read_only, required, show, string,
+    uuid_list, Attr, Deletable, DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
-use crate::drivers::{EventHook, ResourceKind, SfcResource, TxHook};
+use crate::drivers::{ResourceKind, SfcResource};
 use crate::error::ApiError;
 
 /// networking-sfc's `MAX_CHAIN_ID`: the largest chain id a request may name; automatic ids
@@ -610,12 +610,7 @@ async fn create(
     let chain = get_port_chain(tx.conn(), &id)
         .await?
         .ok_or_else(|| port_chain_not_found(&id))?;
-    precommit(&state, &ctx, TxHook::Create, tx.conn(), &chain, None).await?;
-    tx.commit().await?;
-    create_postcommit(&state, &ctx, &chain, || {
-        delete_resource::<PortChain>(&state, &ctx, &chain.id)
-    })
-    .await?;
+    commit_create(&state, &ctx, tx, &chain).await?;
     Ok(one(StatusCode::CREATED, "port_chain", chain.to_json()))
 }
 
@@ -687,24 +682,7 @@ async fn update(
     let chain = get_port_chain(tx.conn(), &id)
         .await?
         .ok_or_else(|| port_chain_not_found(&id))?;
-    precommit(
-        &state,
-        &ctx,
-        TxHook::Update,
-        tx.conn(),
-        &chain,
-        Some(&original),
-    )
-    .await?;
-    tx.commit().await?;
-    event(
-        &state,
-        &ctx,
-        EventHook::UpdatePostcommit,
-        &chain,
-        Some(&original),
-    )
-    .await?;
+    commit_update(&state, &ctx, tx, &chain, &original).await?;
     Ok(one(StatusCode::OK, "port_chain", chain.to_json()))
 }
 

@@ -20,14 +20,14 @@ use sqlx::{AnyConnection, Row};
 use super::flow_classifiers::{parse_port, parse_prefix};
 use super::port_pairs::{group_of, visible_port_pair, PortPair};
 use super::{
-    boolean, check_quota, create_postcommit, delete_resource, event, json_column, lowest_free,
-    not_allowed_in_post, precommit, project_for_create, read_only, show, string, uuid_list, Attr,
-    Deletable, DESCRIPTION_MAX, NAME_MAX,
+    boolean, check_quota, commit_create, commit_update, delete_resource, json_column, lowest_free,
+    not_allowed_in_post, project_for_create, read_only, show, string, uuid_list, Attr, Deletable,
+    DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
 use crate::db::{flag, get_flag};
-use crate::drivers::{EventHook, ResourceKind, SfcResource, TxHook};
+use crate::drivers::{ResourceKind, SfcResource};
 use crate::error::ApiError;
 
 /// The `lb_fields` networking-sfc accepts.
@@ -524,12 +524,7 @@ async fn create(
     let group = get_port_pair_group(tx.conn(), &id)
         .await?
         .ok_or_else(|| port_pair_group_not_found(&id))?;
-    precommit(&state, &ctx, TxHook::Create, tx.conn(), &group, None).await?;
-    tx.commit().await?;
-    create_postcommit(&state, &ctx, &group, || {
-        delete_resource::<PortPairGroup>(&state, &ctx, &group.id)
-    })
-    .await?;
+    commit_create(&state, &ctx, tx, &group).await?;
     Ok(one(StatusCode::CREATED, "port_pair_group", group.to_json()))
 }
 
@@ -591,24 +586,7 @@ async fn update(
     let group = get_port_pair_group(tx.conn(), &id)
         .await?
         .ok_or_else(|| port_pair_group_not_found(&id))?;
-    precommit(
-        &state,
-        &ctx,
-        TxHook::Update,
-        tx.conn(),
-        &group,
-        Some(&original),
-    )
-    .await?;
-    tx.commit().await?;
-    event(
-        &state,
-        &ctx,
-        EventHook::UpdatePostcommit,
-        &group,
-        Some(&original),
-    )
-    .await?;
+    commit_update(&state, &ctx, tx, &group, &original).await?;
     Ok(one(StatusCode::OK, "port_pair_group", group.to_json()))
 }
 

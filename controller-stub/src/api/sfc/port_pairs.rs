@@ -17,13 +17,13 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::{
-    check_quota, create_postcommit, delete_resource, json_column, precommit, project_for_create,
-    read_only, required, show, string, update_names, uuid_value, visible_port, Attr, Deletable,
+    check_quota, commit_create, delete_resource, json_column, project_for_create, read_only,
+    required, show, string, update_names, uuid_value, visible_port, Attr, Deletable,
     DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
-use crate::drivers::{ResourceKind, SfcResource, TxHook};
+use crate::drivers::{ResourceKind, SfcResource};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -463,12 +463,7 @@ async fn create(
     let pp = get_port_pair(tx.conn(), &id)
         .await?
         .ok_or_else(|| port_pair_not_found(&id))?;
-    precommit(&state, &ctx, TxHook::Create, tx.conn(), &pp, None).await?;
-    tx.commit().await?;
-    create_postcommit(&state, &ctx, &pp, || {
-        delete_resource::<PortPair>(&state, &ctx, &pp.id)
-    })
-    .await?;
+    commit_create(&state, &ctx, tx, &pp).await?;
     Ok(one(StatusCode::CREATED, "port_pair", pp.to_json()))
 }
 

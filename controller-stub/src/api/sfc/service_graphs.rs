@@ -25,13 +25,13 @@ use super::flow_classifiers::{basic_conflict, visible_flow_classifier, FlowClass
 use super::port_chains::{visible_port_chain, PortChain};
 use super::port_pair_groups::{members, visible_port_pair_group};
 use super::{
-    check_quota, create_postcommit, delete_resource, not_allowed_in_post, parse_uuid, precommit,
+    check_quota, commit_create, delete_resource, not_allowed_in_post, parse_uuid,
     project_for_create, read_only, required, show, string, update_names, Attr, Deletable,
     DESCRIPTION_MAX, NAME_MAX,
 };
 use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
 use crate::auth::Context;
-use crate::drivers::{ResourceKind, SfcResource, TxHook};
+use crate::drivers::{ResourceKind, SfcResource};
 use crate::error::ApiError;
 
 pub fn routes() -> Router<AppState> {
@@ -499,12 +499,7 @@ async fn create(
     let graph = get_service_graph(tx.conn(), &id)
         .await?
         .ok_or_else(|| service_graph_not_found(&id))?;
-    precommit(&state, &ctx, TxHook::Create, tx.conn(), &graph, None).await?;
-    tx.commit().await?;
-    create_postcommit(&state, &ctx, &graph, || {
-        delete_resource::<ServiceGraph>(&state, &ctx, &graph.id)
-    })
-    .await?;
+    commit_create(&state, &ctx, tx, &graph).await?;
     Ok(one(StatusCode::CREATED, "service_graph", graph.to_json()))
 }
 
