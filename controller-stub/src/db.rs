@@ -53,8 +53,9 @@ pub struct Db {
 /// A write transaction holding the writers' lock; commit or drop (rolls back).
 #[derive(Debug)]
 pub struct WriteTx {
-    tx: Transaction<'static, Any>,
-    _guard: Option<OwnedMutexGuard<()>>,
+    /// `Some` until `commit` or `Drop` takes it.
+    tx: Option<Transaction<'static, Any>>,
+    guard: Option<OwnedMutexGuard<()>>,
 }
 
 impl Db {
@@ -131,7 +132,10 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx {
+            tx: Some(tx),
+            guard,
+        })
     }
 
     /// Closes the pool (waits for connections to be returned).
@@ -141,13 +145,46 @@ impl Db {
 }
 
 impl WriteTx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        match self.tx.take() {
+            // The writers' lock (`self.guard`) is released after the commit, when `self` goes.
+            Some(tx) => tx.commit().await,
+            None => Ok(()),
+        }
     }
 
     /// The connection to run queries on: `query.execute(tx.conn())`.
+    #[allow(clippy::expect_used)]
     pub fn conn(&mut self) -> &mut sqlx::AnyConnection {
-        &mut self.tx
+        // Only `commit` (which consumes `self`) and `Drop` take the transaction, so it is
+        // there whenever `&mut self` can be borrowed.
+        self.tx
+            .as_mut()
+            .expect("write transaction taken before its end")
+    }
+}
+
+/// A write transaction dropped without a commit (an error returned with `?`) is rolled back,
+/// and the writers' lock is released only once the rollback is done. sqlx would merely queue
+/// the rollback on the connection, so the next writer could start while SQLite still held
+/// this one's write lock, and fail at once with SQLITE_BUSY instead of waiting.
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        let guard = self.guard.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = tx.rollback().await {
+                        tracing::warn!(error = %e, "rolling back a write transaction failed");
+                    }
+                    drop(guard);
+                });
+            }
+            // Outside a runtime nothing else can write through this pool; dropping the
+            // transaction queues its rollback as before.
+            Err(_) => drop((tx, guard)),
+        }
     }
 }
 
