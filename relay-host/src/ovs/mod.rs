@@ -252,7 +252,7 @@ pub async fn run<B: Bridge>(
                     }
                     None => return,
                 },
-                _ = verify.tick() => programmer.reconcile().await,
+                _ = verify.tick() => programmer.verify().await,
                 _ = poll.tick() => programmer.poll_ports().await,
             };
             for s in statuses {

@@ -3,21 +3,28 @@
 //! State: the latest valid [`ChainRules`] per chain, the chain list of the last `FlowSync`
 //! (none before the first), and chains removed but maybe not yet cleaned off the bridge.
 //!
-//! Reconcile (after every complete update, removal and sync, or once after a batch of them
-//! that arrived together, see [`Programmer::handle_batch`]; when the bridge's ports change;
-//! and periodically): read the ports; render every chain whose ports are all on the bridge
-//! (the others are pending and get nothing on the bridge: their old port numbers may belong
-//! to other VMs by now); canonicalise the rendering with `ovs-ofctl` (cached); drop chains whose
-//! flows or groups clash with a lower-numbered chain's; dump our flows (cookie prefix) and
-//! groups (id range); diff. The diff keys flows by (table, priority + match) as OVS prints
-//! them: a desired flow already there with the same actions is left alone (counters and
-//! duration keep running), one with other actions is changed in place with `modify_strict`,
-//! missing ones are added, and flows of managed chains that are no longer desired are removed
-//! with `delete_strict`. One bundle carries it all, ordered so that no packet meets a
-//! half-made state: group adds and modifies, flow deletes, modifies, adds, then deletes of
-//! groups no longer used (deleting a group in OpenFlow deletes the flows that use it). Deletes
-//! come before adds so that, should OVS print a flow differently from how we predicted, the
-//! flow is replaced in the same transaction rather than lost.
+//! Reconcile (after every batch of commands that arrived together, see
+//! [`Programmer::handle_batch`]; when the bridge's ports change; and as a verification
+//! periodically): read the ports; render every chain whose ports are all on the bridge (the
+//! others are pending and get nothing on the bridge: their old port numbers may belong to other
+//! VMs by now); drop chains whose flows or groups clash with a lower-numbered chain's; diff
+//! against our flows (cookie prefix) and groups (id range) on the bridge. The diff keys flows by
+//! (table, priority + match): a desired flow already there with the same actions is left alone
+//! (counters and duration keep running), one with other actions is changed in place with
+//! `modify_strict`, missing ones are added, and flows of managed chains that are no longer
+//! desired are removed with `delete_strict`. One bundle carries it all, ordered so that no
+//! packet meets a half-made state: group adds and modifies, flow deletes, modifies, adds, then
+//! deletes of groups no longer used (deleting a group in OpenFlow deletes the flows that use
+//! it). Deletes come before adds so that, should a key be spelt differently from how it is on
+//! the bridge, the flow is replaced in the same transaction rather than lost.
+//!
+//! What the diff compares with: the first reconcile, every verification and the first one
+//! after a refused bundle read the bridge (`dump-flows`, `dump-groups`) and compare in the
+//! switch's own spelling, the desired rules canonicalised by `ovs-ofctl` (cached); that run
+//! finds drift, such as an agent that flushed the bridge. In between, the relay keeps a record
+//! of what it wrote, updated by every bundle that went through, and compares with that in its
+//! own spelling: a change costs one port read, one check and one bundle, whatever else is on
+//! the bridge, instead of reading and parsing every flow back each time.
 //!
 //! Which flows are ours to delete: those of chains with desired rules, of chains removed with
 //! `ChainRemoved`, and, once a `FlowSync` arrived, of every chain it did not list. Before the
@@ -26,8 +33,11 @@
 //! desired state and `FlowSync` prunes the rest. Unused groups are likewise only deleted once
 //! synced.
 //!
-//! A bundle that fails is retried per chain, so that one chain the switch refuses does not
-//! hold up the others; the failed chain is reported and retried at the next reconcile.
+//! New rules are parsed by `ovs-ofctl` (one run per batch, with stand-in port numbers) before
+//! anything changes, and a chain whose flows it refuses is rejected with its first bad flow,
+//! keeping its previous rules. A bundle that fails anyway is retried per chain, so that one
+//! chain the switch refuses does not hold up the others; the failed chain is reported and
+//! retried at the next reconcile.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -65,8 +75,9 @@ enum Accepted {
     Incomplete,
     /// Refused; the status says why.
     Rejected(ChainStatus),
-    /// The chain's new rules are the desired state; a reconcile puts them on the bridge.
-    Stored,
+    /// The chain's new rules are the desired state (the previous ones, if any, given back in
+    /// case the switch refuses the new ones); a reconcile puts them on the bridge.
+    Stored(Option<ChainRules>),
 }
 
 /// The outcome of planning one chain.
@@ -108,7 +119,30 @@ pub struct Programmer<B> {
     flow_cache: HashMap<RenderedFlow, CanonicalFlow>,
     group_cache: HashMap<String, String>,
     last_ports: Option<PortMap>,
+    /// Our flows and groups on the bridge as this relay wrote them: known after a full
+    /// reconcile (which reads the bridge) and kept by every bundle that went through; `None`
+    /// at the start, after a bundle failed, and when a verification is due.
+    installed: Option<View>,
     metrics: OvsMetrics,
+}
+
+/// Our flows and groups on the bridge, in one textual form.
+#[derive(Debug, Clone, Default)]
+struct View {
+    /// (table, priority and match) -> (cookie, actions).
+    flows: BTreeMap<(u8, String), (u64, String)>,
+    groups: BTreeMap<u32, String>,
+    /// Chains whose flows are recorded as the switch printed them (read back, not written by
+    /// this relay): comparing rules of theirs takes the switch's spelling, so a bridge read.
+    read_back: HashSet<u64>,
+}
+
+/// Which text a reconcile compares: the switch's own (a dump against canonical forms) or
+/// ours (the record of what was written against the rendered forms, no `ovs-ofctl` needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Canonical,
+    Rendered,
 }
 
 impl<B: Bridge> Programmer<B> {
@@ -123,6 +157,7 @@ impl<B: Bridge> Programmer<B> {
             flow_cache: HashMap::new(),
             group_cache: HashMap::new(),
             last_ports: None,
+            installed: None,
             metrics,
         }
     }
@@ -160,35 +195,51 @@ impl<B: Bridge> Programmer<B> {
         // Chains removed by this batch, with the version they had: reported `Removed` once
         // their flows are off the bridge.
         let mut gone: Vec<(u64, u64)> = Vec::new();
+        // Chains with new rules in this batch, with the rules they had before it.
+        let mut fresh: BTreeMap<u64, Option<ChainRules>> = BTreeMap::new();
         let mut dirty = false;
         for cmd in cmds {
             match cmd {
                 FlowCommand::ChainFlows(part) => {
                     let cookie = part.cookie;
-                    match self.chain_flows(part).await {
+                    match self.chain_flows(part) {
                         Accepted::Incomplete => {}
                         Accepted::Rejected(status) => out.push(status),
-                        Accepted::Stored => {
+                        Accepted::Stored(previous) => {
                             gone.retain(|(c, _)| *c != cookie);
-                            dirty = true;
+                            fresh.entry(cookie).or_insert(previous);
                         }
                     }
                 }
                 FlowCommand::ChainRemoved(cookie) => {
                     gone.retain(|(c, _)| *c != cookie);
                     gone.push((cookie, self.chain_removed(cookie)));
+                    fresh.remove(&cookie);
                     dirty = true;
                 }
                 FlowCommand::FlowSync(cookies) => {
                     if let Some(dropped) = self.flow_sync(cookies) {
                         gone.retain(|(c, _)| !dropped.iter().any(|(d, _)| d == c));
+                        for (c, _) in &dropped {
+                            fresh.remove(c);
+                        }
                         gone.extend(dropped);
                         dirty = true;
                     }
                 }
             }
         }
-        if dirty {
+        // New rules the switch would refuse are refused before anything is changed: one
+        // `ovs-ofctl` run for the whole batch, chain by chain only if that run fails.
+        for (cookie, reason) in self.check_with_ovs(&fresh).await {
+            let version = self.chains.get(&cookie).map_or(0, |r| r.version);
+            match fresh.remove(&cookie).flatten() {
+                Some(previous) => self.chains.insert(cookie, previous),
+                None => self.chains.remove(&cookie),
+            };
+            out.push(self.reject(cookie, version, reason));
+        }
+        if dirty || !fresh.is_empty() {
             out.extend(self.reconcile().await);
         }
         for (cookie, version) in gone {
@@ -203,7 +254,7 @@ impl<B: Bridge> Programmer<B> {
         out
     }
 
-    async fn chain_flows(&mut self, part: ChainFlows) -> Accepted {
+    fn chain_flows(&mut self, part: ChainFlows) -> Accepted {
         let (cookie, version) = (part.cookie, part.version);
         let rules = match self.assembler.push(part) {
             Ok(None) => return Accepted::Incomplete,
@@ -212,9 +263,6 @@ impl<B: Bridge> Programmer<B> {
         };
         if let Err(e) = rules.validate() {
             return Accepted::Rejected(self.reject(cookie, version, e.to_string()));
-        }
-        if let Err(reason) = self.check_with_ovs(&rules).await {
-            return Accepted::Rejected(self.reject(cookie, version, reason));
         }
         debug!(
             chain.cookie = cookie,
@@ -227,10 +275,9 @@ impl<B: Bridge> Programmer<B> {
         if let Some(listed) = &mut self.listed {
             listed.insert(cookie);
         }
-        self.chains.insert(cookie, rules);
         // The controller hears back about every update, changed or not.
         self.reported.remove(&cookie);
-        Accepted::Stored
+        Accepted::Stored(self.chains.insert(cookie, rules))
     }
 
     /// Refuses an update; the chain keeps its previous rules (if any) on the bridge.
@@ -251,52 +298,53 @@ impl<B: Bridge> Programmer<B> {
         }
     }
 
-    /// Has `ovs-ofctl` parse the rendered rules (with stand-in port numbers) so that rules the
-    /// switch would refuse are refused before anything is changed; names the first bad flow.
-    async fn check_with_ovs(&mut self, rules: &ChainRules) -> Result<(), String> {
-        // Canonical groups, cached once the whole rule set passed: a group without output
-        // ports renders the same for the bridge's real ports, so the reconcile that follows
-        // finds it in the cache instead of asking `ovs-ofctl` again.
-        let mut checked = Vec::new();
-        for g in &rules.groups {
-            let text = render_group(g, &AnyPort).map_err(|m| format!("{m:?}"))?;
-            if !self.group_cache.contains_key(&text) {
-                let canonical = self
-                    .bridge
-                    .canonical_group(&text)
-                    .await
-                    .map_err(|e| format!("group {}: {e}", g.group))?;
-                checked.push((text, canonical));
+    /// Has `ovs-ofctl` parse the flows of these chains' current rules (with stand-in port
+    /// numbers), so that rules the switch would refuse are refused before anything is changed;
+    /// returns the refused chains, each with its first bad flow. Groups are checked by their
+    /// types alone (`ChainRules::validate`): a group the switch refuses fails its chain's
+    /// bundle instead.
+    async fn check_with_ovs(
+        &mut self,
+        chains: &BTreeMap<u64, Option<ChainRules>>,
+    ) -> Vec<(u64, String)> {
+        let rendered: Vec<(u64, Vec<RenderedFlow>)> = chains
+            .keys()
+            .filter_map(|c| self.chains.get(c))
+            .map(|r| {
+                let flows = r.flows.iter().filter_map(|f| render_flow(f, &AnyPort).ok());
+                (r.cookie, flows.collect())
+            })
+            .collect();
+        let all: Vec<RenderedFlow> = rendered.iter().flat_map(|(_, f)| f).cloned().collect();
+        if all.is_empty() || self.bridge.canonical_flows(&all).await.is_ok() {
+            return Vec::new();
+        }
+        let mut refused = Vec::new();
+        for (cookie, flows) in rendered {
+            let Err(e) = self.bridge.canonical_flows(&flows).await else {
+                continue;
+            };
+            if matches!(e, OvsError::Spawn { .. } | OvsError::Timeout(_)) {
+                refused.push((cookie, e.to_string()));
+                continue;
             }
-        }
-        let flows: Vec<RenderedFlow> = rules
-            .flows
-            .iter()
-            .map(|f| render_flow(f, &AnyPort))
-            .collect::<Result<_, _>>()
-            .map_err(|m| format!("{m:?}"))?;
-        let Err(e) = self.bridge.canonical_flows(&flows).await else {
-            self.group_cache.extend(checked);
-            return Ok(());
-        };
-        if matches!(e, OvsError::Spawn { .. } | OvsError::Timeout(_)) {
-            return Err(e.to_string());
-        }
-        // Find the first flow that makes the list fail: a prefix search, log2(n) runs.
-        let (mut ok, mut bad) = (0, flows.len());
-        while bad - ok > 1 {
-            let mid = (ok + bad) / 2;
-            if self.bridge.canonical_flows(&flows[..mid]).await.is_ok() {
-                ok = mid;
-            } else {
-                bad = mid;
+            // Find the first flow that makes the list fail: a prefix search, log2(n) runs.
+            let (mut ok, mut bad) = (0, flows.len());
+            while bad - ok > 1 {
+                let mid = (ok + bad) / 2;
+                if self.bridge.canonical_flows(&flows[..mid]).await.is_ok() {
+                    ok = mid;
+                } else {
+                    bad = mid;
+                }
             }
+            let reason = FlowError::Flow {
+                index: bad - 1,
+                reason: format!("refused by ovs-ofctl: {e}"),
+            };
+            refused.push((cookie, reason.to_string()));
         }
-        Err(FlowError::Flow {
-            index: bad - 1,
-            reason: format!("refused by ovs-ofctl: {e}"),
-        }
-        .to_string())
+        refused
     }
 
     /// Forgets a chain; returns the version it had (0 if unknown).
@@ -360,12 +408,21 @@ impl<B: Bridge> Programmer<B> {
         }
     }
 
-    /// Makes the bridge match the desired state; returns the status changes.
+    /// Makes the bridge match the desired state; returns the status changes. Compares with
+    /// the record of what was written when there is one (a bundle, and a port read, per
+    /// reconcile), otherwise reads the bridge.
     pub async fn reconcile(&mut self) -> Vec<ChainStatus> {
         match self.bridge.ports().await {
             Ok(ports) => self.reconcile_with(ports).await,
             Err(e) => self.bridge_failed(e),
         }
+    }
+
+    /// Reconciles against the bridge itself, read anew: repairs drift (flows or groups
+    /// changed or flushed by someone else) that the record of what was written cannot show.
+    pub async fn verify(&mut self) -> Vec<ChainStatus> {
+        self.installed = None;
+        self.reconcile().await
     }
 
     fn bridge_failed(&mut self, e: OvsError) -> Vec<ChainStatus> {
@@ -387,34 +444,62 @@ impl<B: Bridge> Programmer<B> {
         self.report(states)
     }
 
+    /// Our flows and groups as the switch prints them.
+    async fn read_bridge(&mut self) -> Result<View, OvsError> {
+        let flows = self
+            .bridge
+            .dump_flows(COOKIE_PREFIX, COOKIE_PREFIX_MASK)
+            .await?
+            .into_iter()
+            .map(|d| ((d.flow.table, d.flow.matches), (d.cookie, d.flow.actions)))
+            .collect();
+        let groups = self
+            .bridge
+            .dump_groups()
+            .await?
+            .into_iter()
+            .filter(|(id, _)| is_our_group(*id))
+            .collect();
+        Ok(View {
+            flows,
+            groups,
+            read_back: HashSet::new(),
+        })
+    }
+
     async fn reconcile_with(&mut self, ports: PortMap) -> Vec<ChainStatus> {
         self.last_ports = Some(ports.clone());
         let mut plans = BTreeMap::new();
         for (cookie, rules) in &self.chains {
             plans.insert(*cookie, plan(rules, &ports));
         }
-        self.canonicalise(&mut plans).await;
-        resolve_conflicts(&mut plans);
-
-        let dumped = match self
-            .bridge
-            .dump_flows(COOKIE_PREFIX, COOKIE_PREFIX_MASK)
-            .await
-        {
-            Ok(d) => d,
-            Err(e) => return self.bridge_failed(e),
+        let installing_read_back = |view: &View| {
+            plans
+                .iter()
+                .any(|(c, p)| matches!(p, Plan::Install(_)) && view.read_back.contains(c))
         };
-        let groups = match self.bridge.dump_groups().await {
-            Ok(g) => g,
-            Err(e) => return self.bridge_failed(e),
+        let (form, view) = match self.installed.take() {
+            Some(view) if !installing_read_back(&view) => (Form::Rendered, view),
+            _ => {
+                self.canonicalise(&mut plans).await;
+                match self.read_bridge().await {
+                    Ok(view) => (Form::Canonical, view),
+                    Err(e) => return self.bridge_failed(e),
+                }
+            }
         };
-        let ops = self.diff(&plans, &dumped, &groups);
-        let failed = self.apply(ops).await;
+        resolve_conflicts(&mut plans, form);
+        let ops = self.diff(&plans, &view, form);
+        let failed = self.apply(ops.clone()).await;
+        if failed.is_empty() {
+            self.installed = Some(written(&plans, view.clone(), &ops, form));
+        }
 
         // Removed chains are clean once their deletes went through.
-        let still_there: HashSet<u64> = dumped
-            .iter()
-            .filter_map(|d| chain_of(d.cookie))
+        let still_there: HashSet<u64> = view
+            .flows
+            .values()
+            .filter_map(|(cookie, _)| chain_of(*cookie))
             .filter(|c| failed.contains_key(&Owner::Chain(*c)))
             .collect();
         self.removed.retain(|c| still_there.contains(c));
@@ -518,41 +603,48 @@ impl<B: Bridge> Programmer<B> {
     fn diff(
         &self,
         plans: &BTreeMap<u64, Plan>,
-        dumped: &[super::bridge::DumpedFlow],
-        groups: &[(u32, String)],
+        view: &View,
+        form: Form,
     ) -> Vec<(Owner, Phase, BundleOp)> {
         let mut ops = Vec::new();
-        // (table, match) -> (cookie, rendered, canonical)
-        let mut want: HashMap<(u8, &str), (u64, &RenderedFlow, &CanonicalFlow)> = HashMap::new();
+        // (table, match) -> (cookie, rendered, actions as compared)
+        let mut want: BTreeMap<(u8, &str), (u64, &RenderedFlow, &str)> = BTreeMap::new();
+        // id -> (chain, rendered, text as compared)
         let mut want_groups: BTreeMap<u32, (u64, &str, &str)> = BTreeMap::new();
         for (chain, plan) in plans {
             let Plan::Install(r) = plan else { continue };
             for (rendered, canonical) in &r.flows {
-                want.insert(
-                    (canonical.table, canonical.matches.as_str()),
-                    (*chain, rendered, canonical),
-                );
+                let (key, actions) = match form {
+                    Form::Canonical => (
+                        (canonical.table, canonical.matches.as_str()),
+                        canonical.actions.as_str(),
+                    ),
+                    Form::Rendered => (
+                        (rendered.table, rendered.matches.as_str()),
+                        rendered.actions.as_str(),
+                    ),
+                };
+                want.insert(key, (*chain, rendered, actions));
             }
             for (id, (text, canonical)) in &r.groups {
+                let compared = match form {
+                    Form::Canonical => canonical.as_str(),
+                    Form::Rendered => text.as_str(),
+                };
                 want_groups
                     .entry(*id)
-                    .or_insert((*chain, text.as_str(), canonical.as_str()));
+                    .or_insert((*chain, text.as_str(), compared));
             }
         }
 
-        let on_bridge: HashMap<u32, &str> = groups
-            .iter()
-            .filter(|(id, _)| is_our_group(*id))
-            .map(|(id, text)| (*id, text.as_str()))
-            .collect();
-        for (id, (chain, text, canonical)) in &want_groups {
-            match on_bridge.get(id) {
+        for (id, (chain, text, compared)) in &want_groups {
+            match view.groups.get(id) {
                 None => ops.push((
                     Owner::Chain(*chain),
                     Phase::Groups,
                     BundleOp::AddGroup((*text).to_owned()),
                 )),
-                Some(there) if there != canonical => ops.push((
+                Some(there) if there != compared => ops.push((
                     Owner::Chain(*chain),
                     Phase::Groups,
                     BundleOp::ModifyGroup((*text).to_owned()),
@@ -561,7 +653,7 @@ impl<B: Bridge> Programmer<B> {
             }
         }
         if self.synced() {
-            for id in on_bridge.keys() {
+            for id in view.groups.keys() {
                 if !want_groups.contains_key(id) {
                     ops.push((
                         Owner::Cleanup,
@@ -573,22 +665,22 @@ impl<B: Bridge> Programmer<B> {
         }
 
         let mut seen = HashSet::new();
-        for d in dumped {
-            let Some(chain) = chain_of(d.cookie) else {
+        for ((table, matches), (cookie, actions)) in &view.flows {
+            let Some(chain) = chain_of(*cookie) else {
                 continue;
             };
-            let key = (d.flow.table, d.flow.matches.as_str());
+            let key = (*table, matches.as_str());
             match want.get(&key) {
-                Some((c, rendered, canonical)) if flow_cookie(*c) == d.cookie => {
+                Some((c, rendered, compared)) if flow_cookie(*c) == *cookie => {
                     seen.insert(key);
-                    if canonical.actions != d.flow.actions {
+                    if compared != actions {
                         ops.push((
                             Owner::Chain(*c),
                             Phase::ModifyFlows,
                             BundleOp::ModifyFlow {
-                                cookie: d.cookie,
-                                table: d.flow.table,
-                                matches: d.flow.matches.clone(),
+                                cookie: *cookie,
+                                table: *table,
+                                matches: matches.clone(),
                                 actions: rendered.actions.clone(),
                             },
                         ));
@@ -598,9 +690,9 @@ impl<B: Bridge> Programmer<B> {
                     Owner::Chain(chain),
                     Phase::DeleteFlows,
                     BundleOp::DeleteFlow {
-                        cookie: d.cookie,
-                        table: d.flow.table,
-                        matches: d.flow.matches.clone(),
+                        cookie: *cookie,
+                        table: *table,
+                        matches: matches.clone(),
                     },
                 )),
                 _ => {}
@@ -777,29 +869,36 @@ fn plan(rules: &ChainRules, ports: &PortMap) -> Plan {
 }
 
 /// Fails chains whose groups or flows clash with those of a lower-numbered chain: two chains
-/// may share a group only with identical contents, and never a flow.
-fn resolve_conflicts(plans: &mut BTreeMap<u64, Plan>) {
+/// may share a group only with identical contents, and never a flow. Compares the forms the
+/// reconcile compares (canonical ones are filled in only when the bridge was read).
+fn resolve_conflicts(plans: &mut BTreeMap<u64, Plan>, form: Form) {
     let mut groups: HashMap<u32, (u64, String)> = HashMap::new();
     let mut flows: HashMap<(u8, String), u64> = HashMap::new();
+    let group_text = |(text, canonical): &(String, String)| match form {
+        Form::Canonical => canonical.clone(),
+        Form::Rendered => text.clone(),
+    };
+    let flow_key = |(rendered, canonical): &(RenderedFlow, CanonicalFlow)| match form {
+        Form::Canonical => (canonical.table, canonical.matches.clone()),
+        Form::Rendered => (rendered.table, rendered.matches.clone()),
+    };
     for (chain, plan) in plans.iter_mut() {
         let Plan::Install(r) = plan else { continue };
         let clash = r
             .groups
             .iter()
-            .find_map(|(id, (_, canonical))| match groups.get(id) {
-                Some((other, c)) if c != canonical => Some(format!(
+            .find_map(|(id, g)| match groups.get(id) {
+                Some((other, c)) if *c != group_text(g) => Some(format!(
                     "group {} differs from the one chain {other} declares",
                     id & relay_protocol::flow::MAX_GROUP
                 )),
                 _ => None,
             })
             .or_else(|| {
-                r.flows.iter().find_map(|(_, c)| {
-                    flows.get(&(c.table, c.matches.clone())).map(|other| {
-                        format!(
-                            "flow table={},{} is also chain {other}'s",
-                            c.table, c.matches
-                        )
+                r.flows.iter().find_map(|f| {
+                    let (table, matches) = flow_key(f);
+                    flows.get(&(table, matches.clone())).map(|other| {
+                        format!("flow table={table},{matches} is also chain {other}'s")
                     })
                 })
             });
@@ -807,13 +906,60 @@ fn resolve_conflicts(plans: &mut BTreeMap<u64, Plan>) {
             *plan = Plan::Failed(reason);
             continue;
         }
-        for (id, (_, canonical)) in &r.groups {
-            groups.entry(*id).or_insert((*chain, canonical.clone()));
+        for (id, g) in &r.groups {
+            groups.entry(*id).or_insert((*chain, group_text(g)));
         }
-        for (_, c) in &r.flows {
-            flows.insert((c.table, c.matches.clone()), *chain);
+        for f in &r.flows {
+            flows.insert(flow_key(f), *chain);
         }
     }
+}
+
+/// What is on the bridge after `ops` went through, in the form kept between reconciles:
+/// what was compared in `view`, minus what was deleted, with every installed chain's flows
+/// and groups as rendered (replacing their canonical forms when the bridge was read).
+fn written(
+    plans: &BTreeMap<u64, Plan>,
+    mut view: View,
+    ops: &[(Owner, Phase, BundleOp)],
+    form: Form,
+) -> View {
+    for (_, _, op) in ops {
+        match op {
+            BundleOp::DeleteFlow { table, matches, .. } => {
+                view.flows.remove(&(*table, matches.clone()));
+            }
+            BundleOp::DeleteGroup(id) => {
+                view.groups.remove(id);
+            }
+            _ => {}
+        }
+    }
+    let installed = |chain: u64| matches!(plans.get(&chain), Some(Plan::Install(_)));
+    if form == Form::Canonical {
+        view.flows
+            .retain(|_, (cookie, _)| !chain_of(*cookie).is_some_and(installed));
+        view.read_back = view
+            .flows
+            .values()
+            .filter_map(|(cookie, _)| chain_of(*cookie))
+            .collect();
+    } else {
+        view.read_back.retain(|c| !installed(*c));
+    }
+    for (chain, plan) in plans {
+        let Plan::Install(r) = plan else { continue };
+        for (f, _) in &r.flows {
+            view.flows.insert(
+                (f.table, f.matches.clone()),
+                (flow_cookie(*chain), f.actions.clone()),
+            );
+        }
+        for (id, (text, _)) in &r.groups {
+            view.groups.insert(*id, text.clone());
+        }
+    }
+    view
 }
 
 #[cfg(test)]

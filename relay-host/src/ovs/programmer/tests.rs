@@ -38,6 +38,17 @@ struct FakeBridge {
     /// Refuse bundles that contain this text.
     fail_bundles_with: Option<String>,
     parse_runs: usize,
+    dumps: usize,
+    /// Print flows and groups the way OVS does, differently from how they were written
+    /// (see [`canon`]); otherwise they are printed as written.
+    canonicalising: bool,
+}
+
+/// A stand-in for OVS's normalisation: a few spellings change, idempotently.
+fn canon(text: &str) -> String {
+    text.replace("dl_type=0x0800,nw_proto=6", "tcp")
+        .replace("pop_mpls:0x0800", "pop_mpls:0x800")
+        .replace("weight:", "weight=")
 }
 
 impl FakeBridge {
@@ -48,6 +59,21 @@ impl FakeBridge {
             b.ports.by_name.insert(format!("tap{n}"), *n);
         }
         b
+    }
+
+    fn canonicalising(ports: &[(Uuid, u32)]) -> FakeBridge {
+        FakeBridge {
+            canonicalising: true,
+            ..FakeBridge::with_ports(ports)
+        }
+    }
+
+    fn print(&self, text: &str) -> String {
+        if self.canonicalising {
+            canon(text)
+        } else {
+            text.to_owned()
+        }
     }
 
     fn flows_of(&self, chain: u64) -> Vec<(u8, String, String)> {
@@ -82,18 +108,19 @@ impl Bridge for FakeBridge {
                 }
                 Ok(CanonicalFlow {
                     table: f.table,
-                    matches: f.matches.clone(),
-                    actions: f.actions.clone(),
+                    matches: self.print(&f.matches),
+                    actions: self.print(&f.actions),
                 })
             })
             .collect()
     }
 
     async fn canonical_group(&mut self, group: &str) -> Result<String, OvsError> {
-        Ok(group.to_owned())
+        Ok(self.print(group))
     }
 
     async fn dump_flows(&mut self, cookie: u64, mask: u64) -> Result<Vec<DumpedFlow>, OvsError> {
+        self.dumps += 1;
         Ok(self
             .flows
             .iter()
@@ -129,7 +156,7 @@ impl Bridge for FakeBridge {
             match op {
                 BundleOp::AddGroup(g) | BundleOp::ModifyGroup(g) => {
                     let id = g["group_id=".len()..].split(',').next().unwrap();
-                    groups.insert(id.parse().unwrap(), g.clone());
+                    groups.insert(id.parse().unwrap(), self.print(g));
                 }
                 BundleOp::DeleteGroup(id) => {
                     groups.remove(id);
@@ -147,10 +174,10 @@ impl Bridge for FakeBridge {
                         }
                     }
                     flows.insert(
-                        (flow.table, flow.matches.clone()),
+                        (flow.table, self.print(&flow.matches)),
                         FakeFlow {
                             cookie: *cookie,
-                            actions: flow.actions.clone(),
+                            actions: self.print(&flow.actions),
                             born,
                         },
                     );
@@ -161,9 +188,9 @@ impl Bridge for FakeBridge {
                     matches,
                     actions,
                 } => {
-                    if let Some(f) = flows.get_mut(&(*table, matches.clone())) {
+                    if let Some(f) = flows.get_mut(&(*table, self.print(matches))) {
                         if f.cookie == *cookie {
-                            f.actions = actions.clone();
+                            f.actions = self.print(actions);
                         }
                     }
                 }
@@ -172,7 +199,7 @@ impl Bridge for FakeBridge {
                     table,
                     matches,
                 } => {
-                    let key = (*table, matches.clone());
+                    let key = (*table, self.print(matches));
                     if flows.get(&key).is_some_and(|f| f.cookie == *cookie) {
                         flows.remove(&key);
                     }
@@ -619,4 +646,116 @@ async fn commands_that_arrive_together_make_one_bundle_with_the_same_outcome() {
     );
     assert!(p.bridge().flows_of(3).is_empty());
     assert_eq!(p.bridge().flows_of(4).len(), 1);
+}
+
+/// (table, match, actions, bundle that made it) of a chain's flows.
+fn born_of(b: &FakeBridge, chain: u64) -> Vec<(u8, String, String, usize)> {
+    b.flows
+        .iter()
+        .filter(|(_, f)| f.cookie == flow_cookie(chain))
+        .map(|((t, m), f)| (*t, m.clone(), f.actions.clone(), f.born))
+        .collect()
+}
+
+#[tokio::test]
+async fn changes_after_the_first_reconcile_read_nothing_back_and_verify_repairs_drift() {
+    let mut p = programmer(FakeBridge::canonicalising(&[
+        (SRC, 3),
+        (SF_IN, 4),
+        (SF_OUT, 5),
+    ]));
+    p.handle(chain(1, 1, vec![classifier(80), ingress()])).await;
+    assert_eq!(p.bridge().dumps, 1, "the first reconcile reads the bridge");
+    let first = born_of(p.bridge(), 1);
+    assert_eq!(first[0].1, "priority=30,in_port=3,tcp,tp_dst=0x50/0xffff");
+
+    // More chains and an update: the record of what was written is enough.
+    let st = p
+        .handle_batch(vec![
+            chain(2, 1, vec![classifier(81)]),
+            chain(1, 2, vec![classifier(80), classifier(82), ingress()]),
+        ])
+        .await;
+    assert!(
+        st.iter()
+            .all(|s| matches!(s.state, ChainState::Installed { .. })),
+        "{st:?}"
+    );
+    assert_eq!(p.bridge().dumps, 1);
+    assert_eq!(p.bridge().bundles.len(), 2);
+    let after = born_of(p.bridge(), 1);
+    assert_eq!(after.len(), 3);
+    assert!(
+        after.contains(&first[0]),
+        "unchanged flows are not rewritten"
+    );
+    assert!(after.contains(&first[1]));
+    assert_eq!(born_of(p.bridge(), 2).len(), 1);
+
+    // The same rules again: nothing to do.
+    p.handle(chain(1, 2, vec![classifier(80), classifier(82), ingress()]))
+        .await;
+    assert_eq!(p.bridge().bundles.len(), 2);
+
+    // Somebody deletes one of our flows and changes our group: only a verification sees it.
+    let gone = (first[1].0, first[1].1.clone());
+    p.bridge_mut().flows.remove(&gone);
+    let group = GROUP_ID_BASE + 1;
+    p.bridge_mut().groups.insert(group, "tampered".into());
+    assert!(p.reconcile().await.is_empty());
+    assert!(!p.bridge().flows.contains_key(&gone));
+    p.verify().await;
+    assert_eq!(p.bridge().dumps, 2);
+    assert!(p.bridge().flows.contains_key(&gone), "repaired");
+    assert!(p.bridge().groups[&group].contains("weight=1"), "repaired");
+    assert_eq!(born_of(p.bridge(), 1).len(), 3);
+
+    // And later changes are incremental again, without reading the bridge.
+    p.handle(chain(2, 2, vec![classifier(83)])).await;
+    assert_eq!(p.bridge().dumps, 2);
+    let two = born_of(p.bridge(), 2);
+    assert_eq!(two.len(), 1);
+    assert!(two[0].1.ends_with("tp_dst=0x53/0xffff"), "{two:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_relay_keeps_identical_flows_and_stays_incremental() {
+    // What the previous relay left: chain 1 as the switch prints it.
+    let mut before = programmer(FakeBridge::canonicalising(&[(SRC, 3), (SF_IN, 4)]));
+    before
+        .handle(chain(1, 1, vec![classifier(80), ingress()]))
+        .await;
+    let left = std::mem::take(&mut before.bridge_mut().flows);
+    let groups = std::mem::take(&mut before.bridge_mut().groups);
+
+    let mut bridge = FakeBridge::canonicalising(&[(SRC, 3), (SF_IN, 4)]);
+    bridge.flows = left.clone();
+    bridge.groups = groups;
+    let mut p = programmer(bridge);
+    // The first reconcile, before the controller speaks, reads the flows back.
+    assert!(p.reconcile().await.is_empty());
+    let st = p.handle(chain(1, 1, vec![classifier(80), ingress()])).await;
+    assert_eq!(st[0].state, installed(2));
+    assert!(
+        p.bridge().bundles.is_empty(),
+        "identical: nothing rewritten"
+    );
+    assert_eq!(p.bridge().flows, left);
+
+    p.handle(FlowCommand::FlowSync(vec![1])).await;
+    let st = p
+        .handle(chain(1, 2, vec![classifier(80), classifier(81), ingress()]))
+        .await;
+    assert_eq!(st[0].state, installed(3));
+    assert_eq!(
+        p.bridge().dumps,
+        2,
+        "read once at the start, once for chain 1's rules"
+    );
+    let ops = p.bridge().bundles.last().unwrap();
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert!(matches!(ops[0], BundleOp::AddFlow { .. }));
+    for (key, flow) in &left {
+        assert_eq!(p.bridge().flows.get(key), Some(flow), "kept as it was");
+    }
 }
