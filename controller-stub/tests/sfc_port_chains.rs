@@ -525,6 +525,86 @@ api_test!(
     }
 );
 
+api_test!(
+    a_conflict_needs_every_term_to_overlap_protocol_and_port_ranges_included,
+    |api| async move {
+        let net = network(&api, None).await;
+        // Each classifier from a port of its own: classifiers of different logical ports
+        // may coexist, but a chain's check (the basic conflict) ignores logical ports.
+        let mut vms = Vec::new();
+        for i in 0..6 {
+            vms.push(port(&api, &net, &format!("vm{i}")).await);
+        }
+        let ranged = classifier(
+            &api,
+            json!({"logical_source_port": vms[0], "protocol": "tcp", "destination_port_range_min": 100,
+                               "destination_port_range_max": 200}),
+        )
+        .await;
+        let (g1, g2, g3, g4, g5) = (
+            group(&api, &[]).await,
+            group(&api, &[]).await,
+            group(&api, &[]).await,
+            group(&api, &[]).await,
+            group(&api, &[]).await,
+        );
+        chain(&api, &[&g1], &[&ranged]).await;
+        // No protocol (and so no ports) is any protocol and any port.
+        let any_protocol = classifier(
+            &api,
+            json!({"logical_source_port": vms[1], "destination_ip_prefix": "10.0.0.0/8"}),
+        )
+        .await;
+        post_refused(
+            &api,
+            PC,
+            json!({"port_pair_groups": [g2], "flow_classifiers": [any_protocol]}),
+            StatusCode::BAD_REQUEST,
+            "PortChainFlowClassifierInConflict",
+        )
+        .await;
+        // Another protocol, or a range that starts after 200 or ends before 100: no conflict.
+        let udp = classifier(
+            &api,
+            json!({"logical_source_port": vms[2], "protocol": "udp", "destination_port_range_min": 150,
+                            "destination_port_range_max": 150}),
+        )
+        .await;
+        let above = classifier(
+            &api,
+            json!({"logical_source_port": vms[3], "protocol": "tcp", "destination_port_range_min": 201,
+                              "destination_port_range_max": 300}),
+        )
+        .await;
+        let below = classifier(
+            &api,
+            json!({"logical_source_port": vms[4], "protocol": "tcp", "source_port_range_min": 7,
+                              "source_port_range_max": 7, "destination_port_range_min": 1,
+                              "destination_port_range_max": 99}),
+        )
+        .await;
+        chain(&api, &[&g2], &[&udp]).await;
+        chain(&api, &[&g3], &[&above]).await;
+        chain(&api, &[&g4], &[&below]).await;
+        // A source range against a classifier without one, inside the destination range.
+        let sourced = classifier(
+            &api,
+            json!({"logical_source_port": vms[5], "protocol": "tcp", "source_port_range_min": 7,
+                                "source_port_range_max": 9, "destination_port_range_min": 200,
+                                "destination_port_range_max": 200}),
+        )
+        .await;
+        post_refused(
+            &api,
+            PC,
+            json!({"port_pair_groups": [g5], "flow_classifiers": [sourced]}),
+            StatusCode::BAD_REQUEST,
+            "PortChainFlowClassifierInConflict",
+        )
+        .await;
+    }
+);
+
 api_test!(create_only_attributes_cannot_be_updated, |api| async move {
     let g = group(&api, &[]).await;
     let c = chain(&api, &[&g], &[]).await;

@@ -309,6 +309,79 @@ pub async fn all_flow_classifiers(
     rows.iter().map(FlowClassifier::from_row).collect()
 }
 
+/// The classifiers of port chains that may basic-conflict with `fc`, each with its chain's id
+/// and project: the database leaves out those whose ethertype, protocol or port ranges cannot
+/// overlap `fc`'s (the prefixes are compared by [`basic_conflict`] afterwards), so a new chain
+/// is checked against the few candidates instead of every chain's classifiers.
+pub async fn chained_candidates(
+    conn: &mut AnyConnection,
+    fc: &FlowClassifier,
+) -> Result<Vec<(FlowClassifier, String, String)>, sqlx::Error> {
+    let columns: Vec<String> = COLUMNS.split(", ").map(|c| format!("f.{c}")).collect();
+    let mut sql = format!(
+        "SELECT {}, c.id AS chain, c.project_id AS chain_project \
+         FROM sfc_chain_classifier_associations a \
+         JOIN sfc_flow_classifiers f ON f.id = a.flowclassifier_id \
+         JOIN sfc_port_chains c ON c.id = a.portchain_id WHERE f.ethertype = $1",
+        columns.join(", ")
+    );
+    let mut n = 1;
+    let mut next = |sql: &mut String, condition: &str| {
+        n += 1;
+        sql.push_str(&condition.replace('#', &format!("${n}")));
+    };
+    if fc.protocol.is_some() {
+        next(&mut sql, " AND (f.protocol IS NULL OR f.protocol = #)");
+    }
+    // A missing bound never excludes (see `port_ranges_overlap`).
+    let bounds = [
+        (fc.source_port_range_min, "source_port_range_max", ">="),
+        (fc.source_port_range_max, "source_port_range_min", "<="),
+        (
+            fc.destination_port_range_min,
+            "destination_port_range_max",
+            ">=",
+        ),
+        (
+            fc.destination_port_range_max,
+            "destination_port_range_min",
+            "<=",
+        ),
+    ];
+    for (bound, column, op) in &bounds {
+        if bound.is_some() {
+            next(
+                &mut sql,
+                &format!(" AND (f.{column} IS NULL OR f.{column} {op} #)"),
+            );
+        }
+    }
+    let mut query = sqlx::query(&sql).bind(&fc.ethertype);
+    if let Some(p) = &fc.protocol {
+        query = query.bind(p);
+    }
+    for (bound, _, _) in bounds {
+        if let Some(b) = bound {
+            query = query.bind(b);
+        }
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    rows.iter()
+        .filter_map(|row| {
+            let other = match FlowClassifier::from_row(row) {
+                Ok(other) => other,
+                Err(e) => return Some(Err(e)),
+            };
+            if !basic_conflict(&other, fc) {
+                return None;
+            }
+            let chain = row.try_get("chain");
+            let project = row.try_get("chain_project");
+            Some(chain.and_then(|c| project.map(|p| (other, c, p))))
+        })
+        .collect()
+}
+
 pub fn flow_classifier_not_found(id: &str) -> ApiError {
     ApiError::not_found(
         "FlowClassifierNotFound",

@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::flow_classifiers::{basic_conflict, chain_of, visible_flow_classifier, FlowClassifier};
+use super::flow_classifiers::{
+    chain_of, chained_candidates, visible_flow_classifier, FlowClassifier,
+};
 use super::port_pair_groups::{members, visible_port_pair_group};
 use super::service_graphs::in_any_graph;
 use super::{
@@ -391,17 +393,30 @@ async fn check_groups(
         previous_tap = group.tap_enabled;
         loaded.push(group);
     }
-    for other in all_port_chains(conn).await? {
-        if Some(other.id.as_str()) == chain || !ctx.owns(&other.project_id) {
+    // Only chains that start with the same group can have the same list.
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT c.id, c.project_id, a.portpairgroup_id FROM sfc_port_chains c \
+         JOIN sfc_chain_group_associations a ON a.portchain_id = c.id \
+         WHERE c.id IN (SELECT portchain_id FROM sfc_chain_group_associations \
+                        WHERE portpairgroup_id = $1 AND position = 0) \
+         ORDER BY c.id, a.position",
+    )
+    .bind(&groups[0])
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut lists: std::collections::BTreeMap<(String, String), Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (id, project, group) in rows {
+        lists.entry((id, project)).or_default().push(group);
+    }
+    for ((other, project), list) in lists {
+        if Some(other.as_str()) == chain || !ctx.owns(&project) {
             continue;
         }
-        if other.port_pair_groups == groups {
+        if list == groups {
             return Err(ApiError::conflict(
                 "InvalidPortPairGroups",
-                format!(
-                    "Port Pair Group(s) {groups:?} in use by Port Chain {}.",
-                    other.id
-                ),
+                format!("Port Pair Group(s) {groups:?} in use by Port Chain {other}."),
             ));
         }
     }
@@ -444,31 +459,18 @@ async fn check_classifiers(
             }
         }
     }
-    // Every classifier in one query: one per chain made each create linear in the number
-    // of chains in queries, and a run of creates quadratic.
-    let by_id: std::collections::HashMap<String, FlowClassifier> =
-        super::flow_classifiers::all_flow_classifiers(conn)
-            .await?
-            .into_iter()
-            .map(|fc| (fc.id.clone(), fc))
-            .collect();
-    for other in all_port_chains(conn).await? {
-        if Some(other.id.as_str()) == chain || !ctx.owns(&other.project_id) {
-            continue;
-        }
-        for other_fc_id in &other.flow_classifiers {
-            let Some(other_fc) = by_id.get(other_fc_id) else {
+    for fc in &fcs {
+        for (other_fc, other, project) in chained_candidates(conn, fc).await? {
+            if Some(other.as_str()) == chain || !ctx.owns(&project) {
                 continue;
-            };
-            if let Some(fc) = fcs.iter().find(|fc| basic_conflict(other_fc, fc)) {
-                return Err(ApiError::bad_request(
-                    "PortChainFlowClassifierInConflict",
-                    format!(
-                        "Flow Classifier {} conflicts with Flow Classifier {} in port chain {}.",
-                        fc.id, other_fc.id, other.id
-                    ),
-                ));
             }
+            return Err(ApiError::bad_request(
+                "PortChainFlowClassifierInConflict",
+                format!(
+                    "Flow Classifier {} conflicts with Flow Classifier {} in port chain {other}.",
+                    fc.id, other_fc.id
+                ),
+            ));
         }
     }
     Ok(())
@@ -569,12 +571,11 @@ async fn create(
     .await?;
     check_groups(tx.conn(), &ctx, &groups, &params.correlation, None).await?;
     check_classifiers(tx.conn(), &ctx, &classifiers, None).await?;
-    let used: Vec<(i64, String)> =
-        sqlx::query_as("SELECT chain_id, id FROM sfc_port_chains ORDER BY chain_id")
-            .fetch_all(tx.conn())
-            .await?;
     let chain_id = if requested_chain_id == 0 {
-        let ids: Vec<i64> = used.iter().map(|(c, _)| *c).collect();
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT chain_id FROM sfc_port_chains ORDER BY chain_id")
+                .fetch_all(tx.conn())
+                .await?;
         lowest_free(&ids, 1, MAX_CHAIN_ID).ok_or_else(|| {
             ApiError::bad_request(
                 "PortChainUnavailableChainId",
@@ -582,7 +583,12 @@ async fn create(
             )
         })?
     } else {
-        if let Some((_, other)) = used.iter().find(|(c, _)| *c == requested_chain_id) {
+        let other: Option<String> =
+            sqlx::query_scalar("SELECT id FROM sfc_port_chains WHERE chain_id = $1")
+                .bind(requested_chain_id)
+                .fetch_optional(tx.conn())
+                .await?;
+        if let Some(other) = other {
             return Err(ApiError::bad_request(
                 "PortChainChainIdInConflict",
                 format!(
