@@ -592,3 +592,51 @@ fn an_unknown_driver_name_stops_the_controller() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown SFC driver \"nope\""), "{stderr}");
 }
+
+driver_test!(
+    a_bulk_create_runs_every_precommit_then_the_postcommits_and_undoes_all,
+    |api, journal| async move {
+        let (g1, g2) = (group(&api, &[]).await, group(&api, &[]).await);
+        let body = json!({"port_chains": [
+            {"name": "a", "port_pair_groups": [g1]},
+            {"name": "b", "port_pair_groups": [g2]},
+        ]});
+        journal.take();
+        let (status, made) = api.post("/v2.0/sfc/port_chains", body.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{made}");
+        let pre = both(&["create_port_chain_precommit".to_string()]);
+        let mut expected: Vec<String> = pre.iter().chain(&pre).cloned().collect();
+        for driver in ["first", "second"] {
+            for _ in 0..2 {
+                expected.push(format!("{driver}:create_port_chain_postcommit"));
+            }
+        }
+        assert_eq!(journal.take(), expected);
+        for chain in made["port_chains"].as_array().unwrap() {
+            delete(&api, "port_chains", chain["id"].as_str().unwrap()).await;
+        }
+        journal.take();
+
+        // A failed postcommit undoes the whole request through the delete path.
+        journal.fail("second", "create_port_chain_postcommit", Failure::Crash);
+        let (status, refused) = api.post("/v2.0/sfc/port_chains", body.clone()).await;
+        assert_error(
+            &(status, refused),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            driver_error_kind("port_chains"),
+        );
+        assert!(list(&api, "port_chains").await.is_empty());
+        let hooks = journal.take();
+        let deletes = hooks
+            .iter()
+            .filter(|h| h.ends_with(":delete_port_chain_postcommit"))
+            .count();
+        assert_eq!(
+            deletes, 4,
+            "both chains deleted through both drivers: {hooks:?}"
+        );
+        journal.heal();
+        let (status, _) = api.post("/v2.0/sfc/port_chains", body).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+);

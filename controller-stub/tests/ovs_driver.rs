@@ -11,6 +11,7 @@ mod sfc_common;
 use std::sync::Arc;
 
 use common::{assert_error, Backend, TestApi};
+use controller_stub::api::sfc::Quotas;
 use controller_stub::drivers::ovs::OvsDriver;
 use controller_stub::drivers::DriverManager;
 use controller_stub::relay::HostLinks;
@@ -21,7 +22,16 @@ use sfc_common::*;
 async fn api(backend: Backend) -> TestApi {
     TestApi::start_with(backend, |state| {
         let driver = OvsDriver::new(HostLinks::default());
-        state.with_drivers(DriverManager::new(vec![Arc::new(driver)]))
+        // Quotas lifted: the bulk test makes more chains than the default 10.
+        state
+            .with_drivers(DriverManager::new(vec![Arc::new(driver)]))
+            .with_quotas(Quotas {
+                port_pair: -1,
+                port_pair_group: -1,
+                flow_classifier: -1,
+                port_chain: -1,
+                service_graph: -1,
+            })
     })
     .await
 }
@@ -185,3 +195,75 @@ ovs_test!(the_status_lists_each_host_of_the_chain, |api| async move {
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert_eq!(status(&api, &chain).await.0, StatusCode::NOT_FOUND);
 });
+
+ovs_test!(
+    a_bulk_create_computes_every_chain_and_a_refused_one_stops_all,
+    |api| async move {
+        let net = network(&api, None).await;
+        // Groups on h1 (even) and h2 (odd); chains of two different groups.
+        let mut groups = Vec::new();
+        for i in 0..8 {
+            let host = if i % 2 == 0 { "h1" } else { "h2" };
+            groups.push(bound_group(&api, &net, host).await);
+        }
+        let pairs: Vec<(usize, usize)> = (0..8)
+            .flat_map(|a| (0..8).filter(move |b| *b != a).map(move |b| (a, b)))
+            .take(40)
+            .collect();
+        // More chains than the driver reads one at a time (32), sharing groups and ports.
+        let mut items = Vec::new();
+        for (i, (a, b)) in pairs.iter().enumerate() {
+            let src = bound_port(&api, &net, &format!("vm{i}"), "h1").await;
+            let fc = classifier(
+                &api,
+                json!({"logical_source_port": src, "protocol": "udp",
+                       "destination_port_range_min": 1000 + i,
+                       "destination_port_range_max": 1000 + i}),
+            )
+            .await;
+            items.push(json!({"port_pair_groups": [groups[*a], groups[*b]],
+                              "flow_classifiers": [fc]}));
+        }
+        let (st, body) = api
+            .post("/v2.0/sfc/port_chains", json!({"port_chains": items}))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{body}");
+        let made = body["port_chains"].as_array().unwrap();
+        assert_eq!(made.len(), pairs.len());
+        for (chain, (a, b)) in made.iter().zip(&pairs) {
+            let (st, status) = status(&api, chain["id"].as_str().unwrap()).await;
+            assert_eq!(st, StatusCode::OK, "{status}");
+            let hosts: Vec<&str> = status["port_chain_status"]["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| {
+                    assert_eq!((&h["state"], &h["version"]), (&json!("sent"), &json!(1)));
+                    h["host"].as_str().unwrap()
+                })
+                .collect();
+            let want: &[&str] = if a % 2 == 0 && b % 2 == 0 {
+                &["h1"]
+            } else {
+                &["h1", "h2"]
+            };
+            assert_eq!(hosts, want, "{status}");
+        }
+
+        // The driver's own check refuses one item: nothing of the request is stored.
+        let src = bound_port(&api, &net, "vm-x", "h1").await;
+        let fc = classifier(&api, json!({"logical_source_port": src, "protocol": "tcp"})).await;
+        let r = api
+            .post(
+                "/v2.0/sfc/port_chains",
+                json!({"port_chains": [
+                    {"port_pair_groups": [groups[2], groups[1], groups[0]],
+                     "flow_classifiers": [fc]},
+                    {"port_pair_groups": [groups[1], groups[2], groups[0]], "chain_id": 4096},
+                ]}),
+            )
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "SfcBadRequest");
+        assert_eq!(count(&api, "port_chains").await, pairs.len());
+    }
+);

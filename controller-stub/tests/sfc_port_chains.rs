@@ -5,7 +5,7 @@
 mod common;
 mod sfc_common;
 
-use common::assert_error;
+use common::{assert_error, TestApi};
 use controller_stub::db::Db;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -715,3 +715,124 @@ api_test!(quota_is_10_per_project, |api| async move {
     )
     .await;
 });
+
+/// POSTs a raw body (bulk or malformed) to the chains collection.
+async fn post_raw(api: &TestApi, body: serde_json::Value) -> (StatusCode, serde_json::Value) {
+    api.post("/v2.0/sfc/port_chains", body).await
+}
+
+api_test!(
+    a_bulk_create_makes_every_chain_in_one_transaction,
+    |api| async move {
+        let net = network(&api, None).await;
+        let mut fcs = Vec::new();
+        for i in 0..3 {
+            let vm = port(&api, &net, &format!("vm{i}")).await;
+            fcs.push(
+                classifier(
+                    &api,
+                    json!({"logical_source_port": vm, "protocol": "udp",
+                       "destination_port_range_min": 1000 + i,
+                       "destination_port_range_max": 1000 + i}),
+                )
+                .await,
+            );
+        }
+        let (g1, g2, g3) = (
+            group(&api, &[]).await,
+            group(&api, &[]).await,
+            group(&api, &[]).await,
+        );
+        let (status, body) = post_raw(
+            &api,
+            json!({"port_chains": [
+                {"name": "a", "port_pair_groups": [g1], "flow_classifiers": [fcs[0]]},
+                {"name": "b", "port_pair_groups": [g2], "flow_classifiers": [fcs[1]]},
+                {"name": "c", "port_pair_groups": [g1, g2], "chain_id": 9},
+            ]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let made = body["port_chains"].as_array().unwrap();
+        let summary: Vec<(&str, i64)> = made
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c["chain_id"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(summary, [("a", 1), ("b", 2), ("c", 9)]);
+        for chain in made {
+            let (status, shown) = get(&api, PC, chain["id"].as_str().unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(&shown["port_chain"], chain);
+        }
+
+        // Every item is checked against the stored chains and those before it in the request;
+        // one refused item refuses them all and nothing is stored.
+        for (items, status, kind) in [
+            (
+                json!([{"port_pair_groups": [g2, g1], "flow_classifiers": [fcs[2]]},
+                   {"port_pair_groups": [g2, g1]}]),
+                StatusCode::CONFLICT,
+                "InvalidPortPairGroups",
+            ),
+            (
+                json!([{"port_pair_groups": [g2, g1], "flow_classifiers": [fcs[2]]},
+                   {"port_pair_groups": [g3], "flow_classifiers": [fcs[2]]}]),
+                StatusCode::CONFLICT,
+                "FlowClassifierInUse",
+            ),
+            (
+                json!([{"port_pair_groups": [g2, g1], "chain_id": 12},
+                   {"port_pair_groups": [g3], "chain_id": 12}]),
+                StatusCode::BAD_REQUEST,
+                "PortChainChainIdInConflict",
+            ),
+            (
+                json!([{"port_pair_groups": [g2, g1]}, {"port_pair_groups": []}]),
+                StatusCode::BAD_REQUEST,
+                "PortPairGroupNotSpecified",
+            ),
+            (
+                json!([{"port_pair_groups": [g2, g1]}, {"port_pair_groups": [g1], "bogus": 1}]),
+                StatusCode::BAD_REQUEST,
+                "HTTPBadRequest",
+            ),
+        ] {
+            let before = list(&api, PC).await;
+            let (got, body) = post_raw(&api, json!({ "port_chains": items })).await;
+            assert_eq!(
+                (got, body["NeutronError"]["type"].as_str()),
+                (status, Some(kind)),
+                "{body}"
+            );
+            assert_eq!(
+                list(&api, PC).await,
+                before,
+                "a refused bulk create stored something"
+            );
+        }
+        // Chain ids of a refused request are not used up.
+        let (status, body) = post_raw(
+            &api,
+            json!({"port_chains": [{"port_pair_groups": [g2, g1]}]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["port_chains"][0]["chain_id"], 3);
+
+        // The shape of the request itself.
+        let many: Vec<serde_json::Value> = (0..1001)
+            .map(|_| json!({"port_pair_groups": [g1]}))
+            .collect();
+        for bad in [
+            json!({"port_chains": []}),
+            json!({"port_chains": many}),
+            json!({"port_chains": {"port_pair_groups": [g1]}}),
+            json!({"port_chains": [[]]}),
+            json!({"port_chains": [{"port_pair_groups": [g1]}], "port_chain": {}}),
+        ] {
+            let (status, body) = post_raw(&api, bad).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(body["NeutronError"]["type"], "HTTPBadRequest");
+        }
+    }
+);

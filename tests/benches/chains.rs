@@ -11,6 +11,9 @@
 //! pairs of groups, since two chains may not share an identical group list), each with a UDP
 //! classifier of its own destination port; SF ports are internal ports with the Neutron ids.
 //!
+//! N chains are measured twice: created in one bulk call (`{"port_chains": [...]}`, one
+//! transaction) and created one call after the other.
+//!
 //! Run: `make bench-chains` (root, like the data-path tests).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -121,8 +124,18 @@ fn baseline(host: &Host, bridge: &str) -> (Duration, Duration, usize) {
     (tg, tf, flows.len())
 }
 
+/// Waits until only the base flows are left on the bridge.
+async fn wait_base_only(host: &Host) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while host.our_flows().len() > 2 {
+        assert!(Instant::now() < deadline, "chains not removed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 struct Row {
     chains: usize,
+    how: &'static str,
     flows: usize,
     ours: Duration,
     base_groups: Duration,
@@ -204,6 +217,7 @@ async fn main() {
     let (bg, bf, _) = baseline(&host, "br-base1");
     rows.push(Row {
         chains: 1,
+        how: "one call",
         flows,
         ours,
         base_groups: bg,
@@ -215,14 +229,44 @@ async fn main() {
             c["id"].as_str().unwrap()
         ))
         .await;
-    // Wait until the chain's flows are gone (only the base flows remain).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while host.our_flows().len() > 2 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_base_only(&host).await;
 
-    // N chains, created back to back.
+    // N chains in one bulk create (one API call, one transaction).
+    let t = Instant::now();
+    let items: Vec<Value> = (1..=many).map(create).collect();
+    let (status, body) = w
+        .ctl
+        .call(
+            reqwest::Method::POST,
+            "/v2.0/sfc/port_chains",
+            Some(json!({ "port_chains": items })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let bulk_api = t.elapsed();
+    wait_installed(&w, many as i64).await;
+    let ours = t.elapsed();
+    let flows = host.our_flows().len();
+    let (bg, bf, _) = baseline(&host, "br-base2");
+    rows.push(Row {
+        chains: many,
+        how: "one bulk call",
+        flows,
+        ours,
+        base_groups: bg,
+        base_flows: bf,
+    });
+    for chain in body["port_chains"].as_array().unwrap() {
+        w.ctl
+            .delete(&format!(
+                "/v2.0/sfc/port_chains/{}",
+                chain["id"].as_str().unwrap()
+            ))
+            .await;
+    }
+    wait_base_only(&host).await;
+
+    // N chains, one create call after the other.
     let t = Instant::now();
     let mut latencies = Vec::with_capacity(many);
     for i in 1..=many {
@@ -236,9 +280,10 @@ async fn main() {
     wait_installed(&w, many as i64).await;
     let ours = t.elapsed();
     let flows = host.our_flows().len();
-    let (bg, bf, _) = baseline(&host, "br-base2");
+    let (bg, bf, _) = baseline(&host, "br-base3");
     rows.push(Row {
         chains: many,
+        how: "one call each",
         flows,
         ours,
         base_groups: bg,
@@ -247,14 +292,15 @@ async fn main() {
 
     println!("port-chain create -> flows installed (userspace OVS, one host)");
     println!(
-        "{:>7} {:>7} {:>11} {:>13} {:>13} {:>13} {:>7}",
-        "chains", "flows", "flows/chain", "ours", "base groups", "base flows", "ratio"
+        "{:>7} {:>14} {:>7} {:>11} {:>13} {:>13} {:>13} {:>7}",
+        "chains", "API", "flows", "flows/chain", "ours", "base groups", "base flows", "ratio"
     );
     for r in &rows {
         let base = r.base_groups + r.base_flows;
         println!(
-            "{:>7} {:>7} {:>11.1} {:>11.1}ms {:>11.1}ms {:>11.1}ms {:>6.1}x",
+            "{:>7} {:>14} {:>7} {:>11.1} {:>11.1}ms {:>11.1}ms {:>11.1}ms {:>6.1}x",
             r.chains,
+            r.how,
             r.flows,
             (r.flows - 2) as f64 / r.chains as f64,
             r.ours.as_secs_f64() * 1e3,
@@ -264,7 +310,9 @@ async fn main() {
         );
     }
     println!(
-        "({many} chains: API calls done after {:.1} ms; flows counts include the 2 base flows)",
+        "({many} chains: the bulk call returned after {:.1} ms, the single calls were done after \
+         {:.1} ms; flows counts include the 2 base flows)",
+        bulk_api.as_secs_f64() * 1e3,
         api_done.as_secs_f64() * 1e3
     );
     // How the create call itself grows with the number of chains (the API checks a new

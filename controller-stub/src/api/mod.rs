@@ -140,6 +140,87 @@ where
     }
 }
 
+/// A body that may be Neutron's bulk form: `{"<plural>": [{...}, ...]}` as well as the
+/// singular `{"<singular>": {...}}`. A bulk create is one transaction: all or nothing.
+#[derive(Debug)]
+pub enum BulkBody<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+/// A body type that may come in bulk, under its plural key.
+pub trait Plural: Wrapped {
+    const PLURAL: &'static str;
+}
+
+/// The most items one bulk request may carry.
+pub const MAX_BULK: usize = 1000;
+
+impl<S, T> FromRequest<S> for BulkBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Plural,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request("HTTPBadRequest", e.body_text()))?;
+        parse_bulk_body(&bytes)
+    }
+}
+
+/// Parses a singular or bulk body; the work of [`BulkBody`].
+pub fn parse_bulk_body<T: DeserializeOwned + Plural>(
+    bytes: &[u8],
+) -> Result<BulkBody<T>, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request("HTTPBadRequest", format!("Malformed request body: {e}"))
+    })?;
+    let Some(items) = value.get(T::PLURAL) else {
+        return parse_body(bytes).map(BulkBody::One);
+    };
+    if value.as_object().map_or(0, |o| o.len()) != 1 {
+        return Err(ApiError::bad_request(
+            "HTTPBadRequest",
+            format!("A bulk request holds '{}' and nothing else", T::PLURAL),
+        ));
+    }
+    let Value::Array(items) = items else {
+        return Err(ApiError::bad_request(
+            "HTTPBadRequest",
+            format!("Body contains invalid data: '{}' is not a list", T::PLURAL),
+        ));
+    };
+    if items.is_empty() || items.len() > MAX_BULK {
+        return Err(ApiError::bad_request(
+            "HTTPBadRequest",
+            format!(
+                "A bulk request holds 1 to {MAX_BULK} '{}', not {}",
+                T::PLURAL,
+                items.len()
+            ),
+        ));
+    }
+    items
+        .iter()
+        .map(|item| {
+            if !item.is_object() {
+                return Err(ApiError::bad_request(
+                    "HTTPBadRequest",
+                    format!(
+                        "Body contains invalid data: an item of '{}' is not a JSON object",
+                        T::PLURAL
+                    ),
+                ));
+            }
+            serde_path_to_error::deserialize(item).map_err(|e| body_error(T::KEY, e))
+        })
+        .collect::<Result<Vec<T>, ApiError>>()
+        .map(BulkBody::Many)
+}
+
 /// Parses a wrapped body; the work of [`Body`], usable without a request.
 pub fn parse_body<T: DeserializeOwned + Wrapped>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
@@ -369,6 +450,13 @@ pub fn many(key: &str, items: Vec<Value>) -> Response {
     let mut map = Map::new();
     map.insert(key.to_string(), Value::Array(items));
     Json(Value::Object(map)).into_response()
+}
+
+/// `201 Created` with `{"<plural>": [items]}`, for bulk creates.
+pub fn created_many(key: &str, items: Vec<Value>) -> Response {
+    let mut map = Map::new();
+    map.insert(key.to_string(), Value::Array(items));
+    (StatusCode::CREATED, Json(Value::Object(map))).into_response()
 }
 
 /// `204 No Content`, for deletes.

@@ -359,6 +359,15 @@ pub trait SfcDriver: Send + Sync + fmt::Debug {
         self.on_hook(HookCall::new(Hook::CreatePostcommit, ctx.current, None))
             .await
     }
+    /// The create postcommits of one bulk request, in request order. By default
+    /// `create_port_chain_postcommit` for each in turn, up to the first failure; a driver
+    /// that can do the work of many chains at once overrides it.
+    async fn create_port_chains_postcommit(&self, ctxs: &[Event<'_, PortChain>]) -> HookResult {
+        for ctx in ctxs {
+            self.create_port_chain_postcommit(ctx).await?;
+        }
+        Ok(())
+    }
     async fn update_port_chain_precommit(&self, ctx: &mut Precommit<'_, PortChain>) -> HookResult {
         self.on_hook(HookCall::new(
             Hook::UpdatePrecommit,
@@ -484,12 +493,34 @@ pub trait Dispatch: SfcResource + Sized {
         ctx: &mut Precommit<'_, Self>,
     ) -> HookResult;
     async fn event(driver: &dyn SfcDriver, hook: EventHook, ctx: &Event<'_, Self>) -> HookResult;
+    /// The create postcommits of one bulk request; by default one by one.
+    async fn create_postcommit_all(driver: &dyn SfcDriver, ctxs: &[Event<'_, Self>]) -> HookResult {
+        for ctx in ctxs {
+            Self::event(driver, EventHook::CreatePostcommit, ctx).await?;
+        }
+        Ok(())
+    }
 }
 
 macro_rules! dispatch {
     ($ty:ty, $cpre:ident, $cpost:ident, $upre:ident, $upost:ident, $del:ident, $dpre:ident, $dpost:ident) => {
+        dispatch!($ty, $cpre, $cpost, $upre, $upost, $del, $dpre, $dpost, {});
+    };
+    ($ty:ty, $cpre:ident, $cpost:ident, $upre:ident, $upost:ident, $del:ident, $dpre:ident, $dpost:ident, bulk: $bulk:ident) => {
+        dispatch!($ty, $cpre, $cpost, $upre, $upost, $del, $dpre, $dpost, {
+            async fn create_postcommit_all(
+                driver: &dyn SfcDriver,
+                ctxs: &[Event<'_, Self>],
+            ) -> HookResult {
+                driver.$bulk(ctxs).await
+            }
+        });
+    };
+    ($ty:ty, $cpre:ident, $cpost:ident, $upre:ident, $upost:ident, $del:ident, $dpre:ident, $dpost:ident, { $($extra:tt)* }) => {
         #[async_trait]
         impl Dispatch for $ty {
+            $($extra)*
+
             async fn precommit(
                 driver: &dyn SfcDriver,
                 hook: TxHook,
@@ -556,7 +587,8 @@ dispatch!(
     update_port_chain_postcommit,
     delete_port_chain,
     delete_port_chain_precommit,
-    delete_port_chain_postcommit
+    delete_port_chain_postcommit,
+    bulk: create_port_chains_postcommit
 );
 dispatch!(
     ServiceGraph,
@@ -632,6 +664,25 @@ impl DriverManager {
         for driver in self.drivers.iter() {
             if let Err(e) = R::event(driver.as_ref(), hook, ctx).await {
                 return Err(self.failure(driver.as_ref(), hook.into(), R::KIND, e, false));
+            }
+        }
+        Ok(())
+    }
+
+    /// The create postcommits of one bulk request, driver by driver.
+    pub async fn create_postcommit_all<R: Dispatch>(
+        &self,
+        ctxs: &[Event<'_, R>],
+    ) -> Result<(), ApiError> {
+        for driver in self.drivers.iter() {
+            if let Err(e) = R::create_postcommit_all(driver.as_ref(), ctxs).await {
+                return Err(self.failure(
+                    driver.as_ref(),
+                    Hook::CreatePostcommit,
+                    R::KIND,
+                    e,
+                    false,
+                ));
             }
         }
         Ok(())

@@ -131,7 +131,9 @@ struct HostLinksInner {
 
 impl Default for HostLinks {
     fn default() -> Self {
-        let (events, _) = broadcast::channel(1024);
+        // Room for a status report of every chain a host can hold (a bulk create reports
+        // them together); a subscriber that still falls behind resynchronises every host.
+        let (events, _) = broadcast::channel(relay_protocol::flow::MAX_SYNC_COOKIES);
         HostLinks {
             inner: Arc::new(HostLinksInner {
                 senders: std::sync::Mutex::new(HashMap::new()),

@@ -319,26 +319,51 @@ pub(crate) fn json_column(row: &sqlx::any::AnyRow, column: &str) -> Result<Value
 pub(crate) async fn commit_create<R: Deletable>(
     state: &AppState,
     ctx: &Context,
-    mut tx: WriteTx,
+    tx: WriteTx,
     item: &R,
 ) -> Result<(), ApiError> {
-    precommit(state, ctx, TxHook::Create, tx.conn(), item, None).await?;
+    commit_create_all(state, ctx, tx, std::slice::from_ref(item)).await
+}
+
+/// [`commit_create`] of the resources of one bulk request: every precommit inside the one
+/// transaction, one commit, then the postcommits in order; if one fails, every resource of
+/// the request is deleted again (all or nothing, as Neutron's bulk create).
+pub(crate) async fn commit_create_all<R: Deletable>(
+    state: &AppState,
+    ctx: &Context,
+    mut tx: WriteTx,
+    items: &[R],
+) -> Result<(), ApiError> {
+    for item in items {
+        precommit(state, ctx, TxHook::Create, tx.conn(), item, None).await?;
+    }
     tx.commit().await?;
-    let Err(e) = event(state, ctx, EventHook::CreatePostcommit, item, None).await else {
+    let events: Vec<Event<'_, R>> = items
+        .iter()
+        .map(|current| Event {
+            current,
+            original: None,
+            caller: ctx,
+            db: &state.db,
+        })
+        .collect();
+    let Err(e) = state.drivers.create_postcommit_all(&events).await else {
         return Ok(());
     };
     tracing::error!(
         resource = R::KIND.name(),
-        id = item.id(),
-        "create postcommit failed, deleting the new resource"
+        count = items.len(),
+        "create postcommit failed, deleting the new resources"
     );
-    if let Err(undo_error) = delete_resource::<R>(state, ctx, item.id()).await {
-        tracing::error!(
-            resource = R::KIND.name(),
-            id = item.id(),
-            error = %undo_error,
-            "cannot delete the resource whose create postcommit failed"
-        );
+    for item in items.iter().rev() {
+        if let Err(undo_error) = delete_resource::<R>(state, ctx, item.id()).await {
+            tracing::error!(
+                resource = R::KIND.name(),
+                id = item.id(),
+                error = %undo_error,
+                "cannot delete the resource whose create postcommit failed"
+            );
+        }
     }
     Err(e)
 }

@@ -27,11 +27,15 @@ use super::flow_classifiers::{
 use super::port_pair_groups::{members, visible_port_pair_group};
 use super::service_graphs::in_any_graph;
 use super::{
-    boolean, check_quota, commit_create, commit_update, delete_resource, integer, json_column,
-    lowest_free, not_allowed_in_post, project_for_create, read_only, required, show, string,
-    uuid_list, Attr, Deletable, DESCRIPTION_MAX, NAME_MAX,
+    boolean, check_quota, commit_create_all, commit_update, delete_resource, integer, json_column,
+    not_allowed_in_post, project_for_create, read_only, required, show, string, uuid_list, Attr,
+    Deletable, DESCRIPTION_MAX, NAME_MAX,
 };
-use crate::api::{deleted, many, one, path_id, timestamp, AppState, Body, ListQuery, Wrapped};
+use super::{PortPair, PortPairGroup};
+use crate::api::{
+    created_many, deleted, many, one, path_id, timestamp, AppState, Body, BulkBody, ListQuery,
+    Plural, Wrapped,
+};
 use crate::auth::Context;
 use crate::drivers::{ResourceKind, SfcResource};
 use crate::error::ApiError;
@@ -74,6 +78,10 @@ pub struct PortChainCreate {
 
 impl Wrapped for PortChainCreate {
     const KEY: &'static str = "port_chain";
+}
+
+impl Plural for PortChainCreate {
+    const PLURAL: &'static str = "port_chains";
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,17 +381,27 @@ fn parse_groups(v: &Value) -> Result<Vec<String>, ApiError> {
 /// networking-sfc's `_validate_port_pair_groups` and `_validate_correlation_consistency`: the
 /// groups exist, no two tap groups follow each other, no other chain the caller sees has the
 /// same ordered list, and every port pair's correlation is unset or the chain's.
+/// Groups with their port pairs, as read by one request (the chains of a bulk create mostly
+/// share their groups).
+type GroupCache = std::collections::HashMap<String, (PortPairGroup, Vec<PortPair>)>;
+
 async fn check_groups(
     conn: &mut AnyConnection,
     ctx: &Context,
     groups: &[String],
     correlation: &str,
     chain: Option<&str>,
+    cache: &mut GroupCache,
 ) -> Result<(), ApiError> {
     let mut loaded = Vec::with_capacity(groups.len());
     let mut previous_tap = false;
     for id in groups {
-        let group = visible_port_pair_group(conn, ctx, id).await?;
+        if !cache.contains_key(id) {
+            let group = visible_port_pair_group(conn, ctx, id).await?;
+            let pairs = members(conn, &group).await?;
+            cache.insert(id.clone(), (group, pairs));
+        }
+        let (group, _) = &cache[id];
         if previous_tap && group.tap_enabled {
             return Err(ApiError::bad_request(
                 "ConsecutiveTapPPGNotSupported",
@@ -391,7 +409,7 @@ async fn check_groups(
             ));
         }
         previous_tap = group.tap_enabled;
-        loaded.push(group);
+        loaded.push(id);
     }
     // Only chains that start with the same group can have the same list.
     let rows: Vec<(String, String, String)> = sqlx::query_as(
@@ -420,8 +438,9 @@ async fn check_groups(
             ));
         }
     }
-    for group in &loaded {
-        for pp in members(conn, group).await? {
+    for id in loaded {
+        let (group, pairs) = &cache[id];
+        for pp in pairs {
             if pp.correlation().is_some_and(|c| c != correlation) {
                 return Err(ApiError::bad_request(
                     "PortChainInconsistentCorrelations",
@@ -485,18 +504,13 @@ async fn set_groups(
         .bind(chain)
         .execute(&mut *conn)
         .await?;
-    for (position, group) in groups.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO sfc_chain_group_associations (portchain_id, portpairgroup_id, position) \
-             VALUES ($1, $2, $3)",
-        )
-        .bind(chain)
-        .bind(group)
-        .bind(i64::try_from(position).unwrap_or(i64::MAX))
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+    insert_positions(
+        conn,
+        "sfc_chain_group_associations (portchain_id, portpairgroup_id, position)",
+        chain,
+        groups,
+    )
+    .await
 }
 
 async fn set_classifiers(
@@ -508,25 +522,55 @@ async fn set_classifiers(
         .bind(chain)
         .execute(&mut *conn)
         .await?;
-    for (position, fc) in classifiers.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO sfc_chain_classifier_associations \
-             (flowclassifier_id, portchain_id, position) VALUES ($1, $2, $3)",
-        )
-        .bind(fc)
-        .bind(chain)
-        .bind(i64::try_from(position).unwrap_or(i64::MAX))
-        .execute(&mut *conn)
-        .await?;
+    insert_positions(
+        conn,
+        "sfc_chain_classifier_associations (portchain_id, flowclassifier_id, position)",
+        chain,
+        classifiers,
+    )
+    .await
+}
+
+/// Inserts (chain, item, position) rows in one statement.
+async fn insert_positions(
+    conn: &mut AnyConnection,
+    table_and_columns: &str,
+    chain: &str,
+    items: &[String],
+) -> Result<(), sqlx::Error> {
+    if items.is_empty() {
+        return Ok(());
     }
+    let values: Vec<String> = (0..items.len())
+        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {table_and_columns} VALUES {}",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for (position, item) in items.iter().enumerate() {
+        query = query
+            .bind(chain)
+            .bind(item)
+            .bind(i64::try_from(position).unwrap_or(i64::MAX));
+    }
+    query.execute(&mut *conn).await?;
     Ok(())
 }
 
-async fn create(
-    State(state): State<AppState>,
-    ctx: Context,
-    Body(req): Body<PortChainCreate>,
-) -> Result<Response, ApiError> {
+/// A create request, parsed and checked on its own (what needs no database).
+struct NewChain {
+    project_id: String,
+    name: String,
+    description: String,
+    requested_chain_id: i64,
+    groups: Vec<String>,
+    classifiers: Vec<String>,
+    params: ChainParameters,
+}
+
+fn parse_create(ctx: &Context, req: PortChainCreate) -> Result<NewChain, ApiError> {
     if req.id.is_given() {
         return Err(not_allowed_in_post("id"));
     }
@@ -549,7 +593,7 @@ async fn create(
     };
     let name = string("name", &req.name, NAME_MAX)?.unwrap_or_default();
     let description = string("description", &req.description, DESCRIPTION_MAX)?.unwrap_or_default();
-    let project_id = project_for_create(&ctx, &req.project_id, &req.tenant_id)?;
+    let project_id = project_for_create(ctx, &req.project_id, &req.tenant_id)?;
     let groups = parse_groups(groups)?;
     let classifiers = match req.flow_classifiers.given() {
         None => Vec::new(),
@@ -559,65 +603,136 @@ async fn create(
         None => ChainParameters::default(),
         Some(v) => ChainParameters::parse(v)?,
     };
+    Ok(NewChain {
+        project_id,
+        name,
+        description,
+        requested_chain_id,
+        groups,
+        classifiers,
+        params,
+    })
+}
 
-    let mut tx = state.db.begin_write().await?;
+/// Checks a new chain against what is stored (including the chains of the same bulk request
+/// inserted before it) and inserts it.
+async fn insert_chain(
+    conn: &mut AnyConnection,
+    state: &AppState,
+    ctx: &Context,
+    new: NewChain,
+    groups: &mut GroupCache,
+) -> Result<PortChain, ApiError> {
     check_quota(
-        tx.conn(),
+        conn,
         "sfc_port_chains",
         "port_chain",
-        &project_id,
+        &new.project_id,
         state.quotas.port_chain,
     )
     .await?;
-    check_groups(tx.conn(), &ctx, &groups, &params.correlation, None).await?;
-    check_classifiers(tx.conn(), &ctx, &classifiers, None).await?;
-    let chain_id = if requested_chain_id == 0 {
-        let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT chain_id FROM sfc_port_chains ORDER BY chain_id")
-                .fetch_all(tx.conn())
-                .await?;
-        lowest_free(&ids, 1, MAX_CHAIN_ID).ok_or_else(|| {
+    check_groups(
+        conn,
+        ctx,
+        &new.groups,
+        &new.params.correlation,
+        None,
+        groups,
+    )
+    .await?;
+    check_classifiers(conn, ctx, &new.classifiers, None).await?;
+    let chain_id = if new.requested_chain_id == 0 {
+        // The lowest free id: 1, or one above a used id whose successor is free; found
+        // through the unique index on chain_id rather than by reading every chain.
+        let free: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(candidate) FROM (\
+               SELECT 1 AS candidate WHERE NOT EXISTS \
+                 (SELECT 1 FROM sfc_port_chains WHERE chain_id = 1) \
+               UNION ALL SELECT c.chain_id + 1 FROM sfc_port_chains c WHERE c.chain_id >= 1 \
+                 AND NOT EXISTS (SELECT 1 FROM sfc_port_chains d \
+                                 WHERE d.chain_id = c.chain_id + 1)) AS candidates",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        free.filter(|id| *id < MAX_CHAIN_ID).ok_or_else(|| {
             ApiError::bad_request(
                 "PortChainUnavailableChainId",
                 "Port Chain no available chain id.",
             )
         })?
     } else {
+        let requested = new.requested_chain_id;
         let other: Option<String> =
             sqlx::query_scalar("SELECT id FROM sfc_port_chains WHERE chain_id = $1")
-                .bind(requested_chain_id)
-                .fetch_optional(tx.conn())
+                .bind(requested)
+                .fetch_optional(&mut *conn)
                 .await?;
         if let Some(other) = other {
             return Err(ApiError::bad_request(
                 "PortChainChainIdInConflict",
-                format!(
-                    "Chain id {requested_chain_id} conflicts with Chain id in port chain {other}."
-                ),
+                format!("Chain id {requested} conflicts with Chain id in port chain {other}."),
             ));
         }
-        requested_chain_id
+        requested
     };
-    let id = uuid::Uuid::new_v4().to_string();
+    let chain = PortChain {
+        id: uuid::Uuid::new_v4().to_string(),
+        project_id: new.project_id,
+        name: new.name,
+        description: new.description,
+        chain_id,
+        chain_parameters: new.params,
+        port_pair_groups: new.groups,
+        flow_classifiers: new.classifiers,
+    };
     sqlx::query(&format!(
         "INSERT INTO sfc_port_chains ({COLUMNS}, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
     ))
-    .bind(&id)
-    .bind(&project_id)
-    .bind(&name)
-    .bind(&description)
-    .bind(chain_id)
-    .bind(params.to_json().to_string())
+    .bind(&chain.id)
+    .bind(&chain.project_id)
+    .bind(&chain.name)
+    .bind(&chain.description)
+    .bind(chain.chain_id)
+    .bind(chain.chain_parameters.to_json().to_string())
     .bind(timestamp())
-    .execute(tx.conn())
+    .execute(&mut *conn)
     .await?;
-    set_groups(tx.conn(), &id, &groups).await?;
-    set_classifiers(tx.conn(), &id, &classifiers).await?;
-    let chain = get_port_chain(tx.conn(), &id)
-        .await?
-        .ok_or_else(|| port_chain_not_found(&id))?;
-    commit_create(&state, &ctx, tx, &chain).await?;
-    Ok(one(StatusCode::CREATED, "port_chain", chain.to_json()))
+    set_groups(conn, &chain.id, &chain.port_pair_groups).await?;
+    set_classifiers(conn, &chain.id, &chain.flow_classifiers).await?;
+    Ok(chain)
+}
+
+/// `POST /v2.0/sfc/port_chains`, singular or in bulk (`{"port_chains": [...]}`, all in one
+/// transaction: every chain is checked against the stored ones and those before it in the
+/// request, and one refused chain refuses the request). networking-sfc does not allow bulk
+/// creates; Neutron's core resources do, and creating many chains at once is what a
+/// controller resync or a tenant's service rollout does.
+async fn create(
+    State(state): State<AppState>,
+    ctx: Context,
+    body: BulkBody<PortChainCreate>,
+) -> Result<Response, ApiError> {
+    let (requests, bulk) = match body {
+        BulkBody::One(r) => (vec![r], false),
+        BulkBody::Many(rs) => (rs, true),
+    };
+    let new: Vec<NewChain> = requests
+        .into_iter()
+        .map(|r| parse_create(&ctx, r))
+        .collect::<Result<_, _>>()?;
+    let mut tx = state.db.begin_write().await?;
+    let mut chains = Vec::with_capacity(new.len());
+    let mut groups = GroupCache::new();
+    for n in new {
+        chains.push(insert_chain(tx.conn(), &state, &ctx, n, &mut groups).await?);
+    }
+    commit_create_all(&state, &ctx, tx, &chains).await?;
+    if bulk {
+        let items = chains.iter().map(PortChain::to_json).collect();
+        Ok(created_many("port_chains", items))
+    } else {
+        Ok(one(StatusCode::CREATED, "port_chain", chains[0].to_json()))
+    }
 }
 
 async fn update(
@@ -667,6 +782,7 @@ async fn update(
             groups,
             &original.chain_parameters.correlation,
             Some(&id),
+            &mut GroupCache::new(),
         )
         .await?;
         set_groups(tx.conn(), &id, groups).await?;

@@ -45,8 +45,9 @@ use relay_protocol::flow::{ChainRules, ChainState, ChainStatus, IpNet, Mac};
 use relay_protocol::uplink::ControllerMsg;
 use relay_protocol::Uuid;
 use sha2::{Digest, Sha256};
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -55,7 +56,7 @@ use self::compute::{
 };
 use super::{DriverError, Event, Precommit, Registry, SfcDriver};
 use crate::api::sfc::flow_classifiers::get_flow_classifier;
-use crate::api::sfc::port_chains::get_port_chain;
+use crate::api::sfc::port_chains::{all_port_chains, get_port_chain};
 use crate::api::sfc::port_pair_groups::get_port_pair_group;
 use crate::api::sfc::port_pairs::get_port_pair;
 use crate::api::sfc::{FlowClassifier, PortChain, PortPairGroup, ServiceGraph};
@@ -65,6 +66,8 @@ use crate::relay::{HostEvent, HostLinkError, HostLinks};
 
 /// The name the driver is configured by.
 pub const NAME: &str = "ovs";
+/// Most status reports recorded in one transaction.
+const STATUS_BATCH: usize = 1024;
 /// The version the base flows are sent with (they never change).
 const BASE_VERSION: u64 = 1;
 
@@ -118,26 +121,57 @@ impl OvsDriver {
                 warn!(host, error = %crate::error_chain(&e), "OVS driver: host synchronisation failed");
             }
         }
+        // An event read while collecting status reports, handled next.
+        let mut next: Option<Result<HostEvent, RecvError>> = None;
         loop {
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => self.sync_all(&db, None).await,
-                ev = events.recv() => match ev {
-                    Ok(HostEvent::Registered { host }) => self.sync_all(&db, Some(&host)).await,
-                    Ok(HostEvent::ChainStatus { host, status }) => {
-                        record_status(&db, &host, &status).await.map_err(db_err)
-                    }
-                    Ok(HostEvent::Disconnected { .. }) => Ok(()),
-                    Err(RecvError::Lagged(_)) => {
-                        // Missed registrations: treat every connected host as new.
-                        let mut r = Ok(());
-                        for host in self.inner.links.connected() {
-                            if r.is_ok() { r = self.sync_all(&db, Some(&host)).await; }
+            let event = match next.take() {
+                Some(ev) => ev,
+                None => tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {
+                        if let Err(e) = self.sync_all(&db, None).await {
+                            warn!(error = %crate::error_chain(&e), "OVS driver: host synchronisation failed");
                         }
-                        r
+                        continue;
                     }
-                    Err(RecvError::Closed) => return,
+                    ev = events.recv() => ev,
                 },
+            };
+            let result = match event {
+                Ok(HostEvent::Registered { host }) => self.sync_all(&db, Some(&host)).await,
+                Ok(HostEvent::ChainStatus { host, status }) => {
+                    // Whatever reports are already queued go into the same transaction.
+                    let mut reports = vec![(host, status)];
+                    while reports.len() < STATUS_BATCH {
+                        match events.try_recv() {
+                            Ok(HostEvent::ChainStatus { host, status }) => {
+                                reports.push((host, status))
+                            }
+                            Ok(other) => {
+                                next = Some(Ok(other));
+                                break;
+                            }
+                            Err(TryRecvError::Lagged(n)) => {
+                                next = Some(Err(RecvError::Lagged(n)));
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    record_statuses(&db, &reports).await.map_err(db_err)
+                }
+                Ok(HostEvent::Disconnected { .. }) => Ok(()),
+                Err(RecvError::Lagged(_)) => {
+                    // Missed registrations: treat every connected host as new.
+                    let mut r = Ok(());
+                    for host in self.inner.links.connected() {
+                        if r.is_ok() {
+                            r = self.sync_all(&db, Some(&host)).await;
+                        }
+                    }
+                    r
+                }
+                Err(RecvError::Closed) => return,
             };
             if let Err(e) = result {
                 warn!(error = %crate::error_chain(&e), "OVS driver: host synchronisation failed");
@@ -148,17 +182,14 @@ impl OvsDriver {
     /// Recomputes and delivers these chains (deleted ones are removed from their hosts).
     pub async fn sync_chains(&self, db: &Db, ids: &[String]) -> Result<(), DriverError> {
         let _guard = self.inner.lock.lock().await;
-        for id in ids {
-            self.sync_chain(db, id, None).await?;
-        }
-        Ok(())
+        self.sync_locked(db, ids, None).await
     }
 
     /// Recomputes every chain; with `full_host`, sends that host everything it should hold
     /// (base flows, each of its chains, then `FlowSync`), changed or not.
     pub async fn sync_all(&self, db: &Db, full_host: Option<&str>) -> Result<(), DriverError> {
         let _guard = self.inner.lock.lock().await;
-        let ids: BTreeSet<String> = {
+        let ids: Vec<String> = {
             let mut conn = db.pool().acquire().await.map_err(db_err)?;
             let mut ids: BTreeSet<String> = sqlx::query_scalar("SELECT id FROM sfc_port_chains")
                 .fetch_all(&mut *conn)
@@ -172,14 +203,12 @@ impl OvsDriver {
                     .await
                     .map_err(db_err)?;
             ids.extend(recorded);
-            ids
+            ids.into_iter().collect()
         };
         if let Some(host) = full_host {
             self.send(host, base_message()).await;
         }
-        for id in &ids {
-            self.sync_chain(db, id, full_host).await?;
-        }
+        self.sync_locked(db, &ids, full_host).await?;
         if let Some(host) = full_host {
             let mut conn = db.pool().acquire().await.map_err(db_err)?;
             let cookies: Vec<i64> =
@@ -226,112 +255,149 @@ impl OvsDriver {
         }
     }
 
-    /// One chain: compute, record and send what changed. The caller holds the lock.
-    async fn sync_chain(
+    /// Chains: compute them all (reading what they share once), record what changed per
+    /// host in one write transaction, then send. The caller holds the lock.
+    async fn sync_locked(
         &self,
         db: &Db,
-        id: &str,
+        ids: &[String],
         full_host: Option<&str>,
     ) -> Result<(), DriverError> {
         let mut conn = db.pool().acquire().await.map_err(db_err)?;
-        let chain = get_port_chain(&mut conn, id).await.map_err(db_err)?;
-        let wanted: BTreeMap<String, ChainRules> = match &chain {
-            Some(c) => {
-                let input = load_input(&mut conn, c).await.map_err(db_err)?;
-                match compute::compute(&input) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        warn!(chain = id, error = %e, "chain cannot be rendered; removing its rules");
-                        BTreeMap::new()
-                    }
-                }
-            }
-            None => BTreeMap::new(),
-        };
-        let rows = sqlx::query(
-            "SELECT host, cookie, version, digest FROM sfc_ovs_chain_hosts WHERE portchain_id = $1",
-        )
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_err)?;
-        let mut have: BTreeMap<String, (u64, u64, String)> = BTreeMap::new();
-        for r in rows {
-            let host: String = r.try_get("host").map_err(db_err)?;
-            let cookie: i64 = r.try_get("cookie").map_err(db_err)?;
-            let version: i64 = r.try_get("version").map_err(db_err)?;
-            let digest: String = r.try_get("digest").map_err(db_err)?;
-            have.insert(host, (cookie as u64, version as u64, digest));
-        }
-        let hosts_with_chains: BTreeSet<String> =
+        let mut hosts_with_chains: BTreeSet<String> =
             sqlx::query_scalar("SELECT DISTINCT host FROM sfc_ovs_chain_hosts")
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(db_err)?
                 .into_iter()
                 .collect();
+        // Many chains at once (a bulk create, a resync): every chain in three queries
+        // instead of three each.
+        let mut chains: Option<BTreeMap<String, PortChain>> = None;
+        let mut recorded: Option<BTreeMap<String, Vec<AnyRow>>> = None;
+        let mut loader = Loader::default();
+        if ids.len() > 32 {
+            let all = all_port_chains(&mut conn).await.map_err(db_err)?;
+            chains = Some(all.into_iter().map(|c| (c.id.clone(), c)).collect());
+            let rows = sqlx::query(
+                "SELECT portchain_id, host, cookie, version, digest FROM sfc_ovs_chain_hosts",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_err)?;
+            let mut by_chain: BTreeMap<String, Vec<AnyRow>> = BTreeMap::new();
+            for row in rows {
+                let chain: String = row.try_get("portchain_id").map_err(db_err)?;
+                by_chain.entry(chain).or_default().push(row);
+            }
+            recorded = Some(by_chain);
+            loader.preload_graphs(&mut conn).await.map_err(db_err)?;
+        }
+        let mut planned = Vec::with_capacity(ids.len());
+        for id in ids {
+            let chain = match &mut chains {
+                Some(all) => all.remove(id),
+                None => get_port_chain(&mut conn, id).await.map_err(db_err)?,
+            };
+            let wanted: BTreeMap<String, ChainRules> = match &chain {
+                Some(c) => {
+                    let input = loader.input(&mut conn, c).await.map_err(db_err)?;
+                    match compute::compute(&input) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            warn!(chain = id, error = %e, "chain cannot be rendered; removing its rules");
+                            BTreeMap::new()
+                        }
+                    }
+                }
+                None => BTreeMap::new(),
+            };
+            let rows = match &mut recorded {
+                Some(all) => all.remove(id.as_str()).unwrap_or_default(),
+                None => sqlx::query(
+                    "SELECT host, cookie, version, digest FROM sfc_ovs_chain_hosts \
+                     WHERE portchain_id = $1",
+                )
+                .bind(id)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_err)?,
+            };
+            let mut have: BTreeMap<String, (u64, u64, String)> = BTreeMap::new();
+            for r in rows {
+                let host: String = r.try_get("host").map_err(db_err)?;
+                let cookie: i64 = r.try_get("cookie").map_err(db_err)?;
+                let version: i64 = r.try_get("version").map_err(db_err)?;
+                let digest: String = r.try_get("digest").map_err(db_err)?;
+                have.insert(host, (cookie as u64, version as u64, digest));
+            }
+            planned.push((id, wanted, have));
+        }
         drop(conn);
 
-        let mut to_send: Vec<(String, ChainRules, bool)> = Vec::new();
+        let mut to_send: Vec<(&String, String, ChainRules)> = Vec::new();
         let mut to_remove: Vec<(String, u64)> = Vec::new();
         let now = crate::api::timestamp();
         let mut tx = db.begin_write().await.map_err(db_err)?;
-        for (host, mut rules) in wanted.clone() {
-            let digest = digest(&rules);
-            let old = have.get(&host);
-            let unchanged = old.is_some_and(|(c, _, d)| *d == digest && *c == rules.cookie);
-            let version = match old {
-                Some((_, v, _)) if unchanged => *v,
-                Some((_, v, _)) => v + 1,
-                None => 1,
-            };
-            rules.version = version;
-            if !unchanged {
-                sqlx::query(
-                    "DELETE FROM sfc_ovs_chain_hosts WHERE portchain_id = $1 AND host = $2",
-                )
-                .bind(id)
-                .bind(&host)
-                .execute(tx.conn())
-                .await
-                .map_err(db_err)?;
-                sqlx::query(
-                    "INSERT INTO sfc_ovs_chain_hosts (portchain_id, host, cookie, version, digest, \
-                     flows, groups, state, detail, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'sent', '', $8)",
-                )
-                .bind(id)
-                .bind(&host)
-                .bind(rules.cookie as i64)
-                .bind(version as i64)
-                .bind(&digest)
-                .bind(rules.flows.len() as i64)
-                .bind(rules.groups.len() as i64)
-                .bind(&now)
-                .execute(tx.conn())
-                .await
-                .map_err(db_err)?;
+        for (id, wanted, have) in planned {
+            for (host, mut rules) in wanted.clone() {
+                let digest = digest(&rules);
+                let old = have.get(&host);
+                let unchanged = old.is_some_and(|(c, _, d)| *d == digest && *c == rules.cookie);
+                let version = match old {
+                    Some((_, v, _)) if unchanged => *v,
+                    Some((_, v, _)) => v + 1,
+                    None => 1,
+                };
+                rules.version = version;
+                if !unchanged {
+                    if old.is_some() {
+                        sqlx::query(
+                            "DELETE FROM sfc_ovs_chain_hosts \
+                             WHERE portchain_id = $1 AND host = $2",
+                        )
+                        .bind(id)
+                        .bind(&host)
+                        .execute(tx.conn())
+                        .await
+                        .map_err(db_err)?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO sfc_ovs_chain_hosts (portchain_id, host, cookie, version, \
+                         digest, flows, groups, state, detail, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'sent', '', $8)",
+                    )
+                    .bind(id)
+                    .bind(&host)
+                    .bind(rules.cookie as i64)
+                    .bind(version as i64)
+                    .bind(&digest)
+                    .bind(rules.flows.len() as i64)
+                    .bind(rules.groups.len() as i64)
+                    .bind(&now)
+                    .execute(tx.conn())
+                    .await
+                    .map_err(db_err)?;
+                }
+                if !unchanged || full_host == Some(host.as_str()) {
+                    to_send.push((id, host, rules));
+                }
             }
-            if !unchanged || full_host == Some(host.as_str()) {
-                // A host's first chain brings the base flows along.
-                let first = !hosts_with_chains.contains(&host);
-                to_send.push((host, rules, first));
-            }
-        }
-        for (host, (cookie, _, _)) in &have {
-            if !wanted.contains_key(host) {
-                sqlx::query(
-                    "DELETE FROM sfc_ovs_chain_hosts WHERE portchain_id = $1 AND host = $2",
-                )
-                .bind(id)
-                .bind(host)
-                .execute(tx.conn())
-                .await
-                .map_err(db_err)?;
-                // The cookie may have been taken by another chain on this host meanwhile
-                // (ids are reused): then that chain's rules replace these and no removal is
-                // due.
-                to_remove.push((host.clone(), *cookie));
+            for (host, (cookie, _, _)) in &have {
+                if !wanted.contains_key(host) {
+                    sqlx::query(
+                        "DELETE FROM sfc_ovs_chain_hosts WHERE portchain_id = $1 AND host = $2",
+                    )
+                    .bind(id)
+                    .bind(host)
+                    .execute(tx.conn())
+                    .await
+                    .map_err(db_err)?;
+                    // The cookie may have been taken by another chain on this host meanwhile
+                    // (ids are reused): then that chain's rules replace these and no removal
+                    // is due.
+                    to_remove.push((host.clone(), *cookie));
+                }
             }
         }
         tx.commit().await.map_err(db_err)?;
@@ -350,12 +416,13 @@ impl OvsDriver {
                     .await;
             }
         }
-        for (host, rules, first) in to_send {
-            if first && full_host != Some(host.as_str()) {
+        for (id, host, rules) in to_send {
+            // A host's first chain brings the base flows along.
+            if hosts_with_chains.insert(host.clone()) && full_host != Some(host.as_str()) {
                 self.send(&host, base_message()).await;
             }
             debug!(
-                chain = id,
+                chain = id.as_str(),
                 host,
                 version = rules.version,
                 flows = rules.flows.len(),
@@ -411,35 +478,40 @@ pub async fn count_installed(db: &Db) -> Result<i64, sqlx::Error> {
 }
 
 /// Records a host's report about a version it was sent.
-async fn record_status(db: &Db, host: &str, status: &ChainStatus) -> Result<(), sqlx::Error> {
-    let (state, detail) = match &status.state {
-        ChainState::Installed { .. } => ("installed", String::new()),
-        ChainState::Pending { missing } => (
-            "pending",
-            missing
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-        ChainState::Rejected { reason } => ("rejected", reason.clone()),
-        ChainState::Failed { reason } => ("failed", reason.clone()),
-        // Its row went when the removal was sent.
-        ChainState::Removed => return Ok(()),
-    };
+/// Records status reports, all in one write transaction (a host reports a bulk of chains
+/// at once).
+async fn record_statuses(db: &Db, reports: &[(String, ChainStatus)]) -> Result<(), sqlx::Error> {
+    let now = crate::api::timestamp();
     let mut tx = db.begin_write().await?;
-    sqlx::query(
-        "UPDATE sfc_ovs_chain_hosts SET state = $1, detail = $2, updated_at = $3 \
-         WHERE host = $4 AND cookie = $5 AND version = $6",
-    )
-    .bind(state)
-    .bind(detail)
-    .bind(crate::api::timestamp())
-    .bind(host)
-    .bind(status.cookie as i64)
-    .bind(status.version as i64)
-    .execute(tx.conn())
-    .await?;
+    for (host, status) in reports {
+        let (state, detail) = match &status.state {
+            ChainState::Installed { .. } => ("installed", String::new()),
+            ChainState::Pending { missing } => (
+                "pending",
+                missing
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            ChainState::Rejected { reason } => ("rejected", reason.clone()),
+            ChainState::Failed { reason } => ("failed", reason.clone()),
+            // Its row went when the removal was sent.
+            ChainState::Removed => continue,
+        };
+        sqlx::query(
+            "UPDATE sfc_ovs_chain_hosts SET state = $1, detail = $2, updated_at = $3 \
+             WHERE host = $4 AND cookie = $5 AND version = $6",
+        )
+        .bind(state)
+        .bind(detail)
+        .bind(&now)
+        .bind(host)
+        .bind(status.cookie as i64)
+        .bind(status.version as i64)
+        .execute(tx.conn())
+        .await?;
+    }
     tx.commit().await
 }
 
@@ -486,62 +558,220 @@ fn classifier_info(fc: &FlowClassifier) -> ClassifierInfo {
     }
 }
 
-/// A port's MAC, host and VNI; `None` when it is gone or malformed.
-async fn port_info(conn: &mut AnyConnection, id: &str) -> Result<Option<PortInfo>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT p.mac_address, p.host_id, n.segmentation_id FROM ports p \
-         JOIN networks n ON n.id = p.network_id WHERE p.id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let mac: String = row.try_get("mac_address")?;
-    let Ok(mac) = mac.parse::<Mac>() else {
-        return Ok(None);
-    };
-    let vni: i64 = row.try_get("segmentation_id")?;
-    Ok(Some(PortInfo {
-        mac,
-        host: row.try_get("host_id")?,
-        vni: vni.max(0) as u64,
-    }))
+/// Reads what chains refer to, each thing once: a batch of chains (a bulk create, a host's
+/// resync) mostly shares its groups, port pairs and ports.
+#[derive(Debug, Default)]
+pub struct Loader {
+    ports: BTreeMap<Uuid, Option<PortInfo>>,
+    groups: BTreeMap<String, Option<GroupInfo>>,
+    classifiers: BTreeMap<String, Option<ClassifierInfo>>,
+    /// Every service-graph hand-off (source chain, destination chain), when read at once.
+    graphs: Option<Vec<(String, String)>>,
 }
 
-/// The groups of a chain, in order.
-async fn load_groups(
-    conn: &mut AnyConnection,
-    chain: &PortChain,
-) -> Result<Vec<(PortPairGroup, GroupInfo)>, sqlx::Error> {
-    let mut out = Vec::new();
-    for gid in &chain.port_pair_groups {
-        let Some(g) = get_port_pair_group(conn, gid).await? else {
-            continue;
+impl Loader {
+    /// Reads every service-graph hand-off at once (a small table), for a batch of chains.
+    async fn preload_graphs(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        self.graphs = Some(
+            sqlx::query_as("SELECT src_chain, dst_chain FROM sfc_service_graph_chain_associations")
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+        Ok(())
+    }
+
+    /// A port's MAC, host and VNI; `None` when it is gone or malformed.
+    async fn port(
+        &mut self,
+        conn: &mut AnyConnection,
+        id: Uuid,
+    ) -> Result<Option<PortInfo>, sqlx::Error> {
+        if let Some(known) = self.ports.get(&id) {
+            return Ok(known.clone());
+        }
+        let row = sqlx::query(
+            "SELECT p.mac_address, p.host_id, n.segmentation_id FROM ports p \
+             JOIN networks n ON n.id = p.network_id WHERE p.id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let info = match row {
+            None => None,
+            Some(row) => {
+                let mac: String = row.try_get("mac_address")?;
+                let vni: i64 = row.try_get("segmentation_id")?;
+                match mac.parse::<Mac>() {
+                    Ok(mac) => Some(PortInfo {
+                        mac,
+                        host: row.try_get("host_id")?,
+                        vni: vni.max(0) as u64,
+                    }),
+                    Err(_) => None,
+                }
+            }
         };
-        let mut pairs = Vec::new();
-        for ppid in &g.port_pairs {
-            let Some(pp) = get_port_pair(conn, ppid).await? else {
+        self.ports.insert(id, info.clone());
+        Ok(info)
+    }
+
+    /// A port pair group with its pairs; `None` when it is gone.
+    async fn group(
+        &mut self,
+        conn: &mut AnyConnection,
+        id: &str,
+    ) -> Result<Option<GroupInfo>, sqlx::Error> {
+        if let Some(known) = self.groups.get(id) {
+            return Ok(known.clone());
+        }
+        let info = match get_port_pair_group(conn, id).await? {
+            None => None,
+            Some(g) => {
+                let mut pairs = Vec::new();
+                for ppid in &g.port_pairs {
+                    let Some(pp) = get_port_pair(conn, ppid).await? else {
+                        continue;
+                    };
+                    let (Some(ingress), Some(egress)) =
+                        (parse_uuid(&pp.ingress), parse_uuid(&pp.egress))
+                    else {
+                        continue;
+                    };
+                    pairs.push(PairInfo {
+                        ingress,
+                        egress,
+                        weight: pp.service_function_parameters.weight.clamp(0, 65535) as u16,
+                        mpls: pp.service_function_parameters.correlation.as_deref() == Some("mpls"),
+                    });
+                }
+                Some(GroupInfo {
+                    tap: g.tap_enabled,
+                    lb_fields: g.lb_fields(),
+                    pairs,
+                })
+            }
+        };
+        self.groups.insert(id.to_owned(), info.clone());
+        Ok(info)
+    }
+
+    /// The groups of a chain, in order.
+    async fn groups(
+        &mut self,
+        conn: &mut AnyConnection,
+        chain: &PortChain,
+    ) -> Result<Vec<GroupInfo>, sqlx::Error> {
+        let mut out = Vec::new();
+        for gid in &chain.port_pair_groups {
+            out.extend(self.group(conn, gid).await?);
+        }
+        Ok(out)
+    }
+
+    async fn classifier(
+        &mut self,
+        conn: &mut AnyConnection,
+        id: &str,
+    ) -> Result<Option<ClassifierInfo>, sqlx::Error> {
+        if let Some(known) = self.classifiers.get(id) {
+            return Ok(known.clone());
+        }
+        let info = get_flow_classifier(conn, id)
+            .await?
+            .map(|fc| classifier_info(&fc));
+        self.classifiers.insert(id.to_owned(), info.clone());
+        Ok(info)
+    }
+
+    /// Everything [`compute::compute`] needs about one chain.
+    pub async fn input(
+        &mut self,
+        conn: &mut AnyConnection,
+        chain: &PortChain,
+    ) -> Result<ChainInput, sqlx::Error> {
+        let groups = self.groups(conn, chain).await?;
+        let mut classifiers = Vec::new();
+        for fcid in &chain.flow_classifiers {
+            classifiers.extend(self.classifier(conn, fcid).await?);
+        }
+        let mut port_ids: BTreeSet<Uuid> = BTreeSet::new();
+        for g in &groups {
+            for p in &g.pairs {
+                port_ids.insert(p.ingress);
+                port_ids.insert(p.egress);
+            }
+        }
+        for fc in &classifiers {
+            port_ids.extend(fc.source);
+            port_ids.extend(fc.destination);
+        }
+        let mut ports = BTreeMap::new();
+        for id in port_ids {
+            if let Some(info) = self.port(conn, id).await? {
+                ports.insert(id, info);
+            }
+        }
+        // Service graphs: chains handing off into this one, and whether this one hands off.
+        let sources: Vec<String> = match &self.graphs {
+            Some(all) => all
+                .iter()
+                .filter(|(_, dst)| *dst == chain.id)
+                .map(|(src, _)| src.clone())
+                .collect(),
+            None => {
+                sqlx::query_scalar(
+                    "SELECT src_chain FROM sfc_service_graph_chain_associations \
+                     WHERE dst_chain = $1",
+                )
+                .bind(&chain.id)
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        };
+        let mut graph_sources = Vec::new();
+        for src in sources {
+            let Some(src_chain) = get_port_chain(conn, &src).await? else {
                 continue;
             };
-            let (Some(ingress), Some(egress)) = (parse_uuid(&pp.ingress), parse_uuid(&pp.egress))
-            else {
+            let src_groups = self.groups(conn, &src_chain).await?;
+            let hops: Vec<&GroupInfo> = src_groups.iter().filter(|g| !g.tap).collect();
+            let Some(last) = hops.last() else { continue };
+            let mut hosts = BTreeSet::new();
+            for p in &last.pairs {
+                if let Some(info) = self.port(conn, p.egress).await? {
+                    if !info.host.is_empty() {
+                        hosts.insert(info.host);
+                    }
+                }
+            }
+            if !(0..=compute::MAX_CHAIN_ID).contains(&src_chain.chain_id) {
                 continue;
-            };
-            pairs.push(PairInfo {
-                ingress,
-                egress,
-                weight: pp.service_function_parameters.weight.clamp(0, 65535) as u16,
-                mpls: pp.service_function_parameters.correlation.as_deref() == Some("mpls"),
+            }
+            graph_sources.push(GraphSource {
+                label: compute::label(src_chain.chain_id as u32, 255 - hops.len() as u8),
+                hosts,
             });
         }
-        let info = GroupInfo {
-            tap: g.tap_enabled,
-            lb_fields: g.lb_fields(),
-            pairs,
+        let graph_source = match &self.graphs {
+            Some(all) => all.iter().any(|(src, _)| *src == chain.id),
+            None => sqlx::query_scalar::<_, String>(
+                "SELECT src_chain FROM sfc_service_graph_chain_associations WHERE src_chain = $1",
+            )
+            .bind(&chain.id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some(),
         };
-        out.push((g, info));
+        Ok(ChainInput {
+            chain_id: chain.chain_id,
+            symmetric: chain.chain_parameters.symmetric,
+            groups,
+            classifiers,
+            ports,
+            graph_sources,
+            graph_source,
+        })
     }
-    Ok(out)
 }
 
 /// Everything [`compute::compute`] needs about one chain.
@@ -549,84 +779,7 @@ pub async fn load_input(
     conn: &mut AnyConnection,
     chain: &PortChain,
 ) -> Result<ChainInput, sqlx::Error> {
-    let groups: Vec<GroupInfo> = load_groups(conn, chain)
-        .await?
-        .into_iter()
-        .map(|(_, g)| g)
-        .collect();
-    let mut classifiers = Vec::new();
-    for fcid in &chain.flow_classifiers {
-        if let Some(fc) = get_flow_classifier(conn, fcid).await? {
-            classifiers.push(classifier_info(&fc));
-        }
-    }
-    let mut port_ids: BTreeSet<Uuid> = BTreeSet::new();
-    for g in &groups {
-        for p in &g.pairs {
-            port_ids.insert(p.ingress);
-            port_ids.insert(p.egress);
-        }
-    }
-    for fc in &classifiers {
-        port_ids.extend(fc.source);
-        port_ids.extend(fc.destination);
-    }
-    let mut ports = BTreeMap::new();
-    for id in port_ids {
-        if let Some(info) = port_info(conn, &id.to_string()).await? {
-            ports.insert(id, info);
-        }
-    }
-    // Service graphs: chains handing off into this one, and whether this one hands off.
-    let sources: Vec<String> = sqlx::query_scalar(
-        "SELECT src_chain FROM sfc_service_graph_chain_associations WHERE dst_chain = $1",
-    )
-    .bind(&chain.id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut graph_sources = Vec::new();
-    for src in sources {
-        let Some(src_chain) = get_port_chain(conn, &src).await? else {
-            continue;
-        };
-        let src_groups = load_groups(conn, &src_chain).await?;
-        let hops: Vec<&GroupInfo> = src_groups
-            .iter()
-            .map(|(_, g)| g)
-            .filter(|g| !g.tap)
-            .collect();
-        let Some(last) = hops.last() else { continue };
-        let mut hosts = BTreeSet::new();
-        for p in &last.pairs {
-            if let Some(info) = port_info(conn, &p.egress.to_string()).await? {
-                if !info.host.is_empty() {
-                    hosts.insert(info.host);
-                }
-            }
-        }
-        if !(0..=compute::MAX_CHAIN_ID).contains(&src_chain.chain_id) {
-            continue;
-        }
-        graph_sources.push(GraphSource {
-            label: compute::label(src_chain.chain_id as u32, 255 - hops.len() as u8),
-            hosts,
-        });
-    }
-    let graph_source: Option<String> = sqlx::query_scalar(
-        "SELECT src_chain FROM sfc_service_graph_chain_associations WHERE src_chain = $1",
-    )
-    .bind(&chain.id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(ChainInput {
-        chain_id: chain.chain_id,
-        symmetric: chain.chain_parameters.symmetric,
-        groups,
-        classifiers,
-        ports,
-        graph_sources,
-        graph_source: graph_source.is_some(),
-    })
+    Loader::default().input(conn, chain).await
 }
 
 /// The chain's checks that networking-sfc's client sees as 400s.
@@ -717,6 +870,17 @@ impl SfcDriver for OvsDriver {
     ) -> Result<(), DriverError> {
         self.sync_chains(ctx.db, std::slice::from_ref(&ctx.current.id))
             .await
+    }
+
+    async fn create_port_chains_postcommit(
+        &self,
+        ctxs: &[Event<'_, PortChain>],
+    ) -> Result<(), DriverError> {
+        let Some(first) = ctxs.first() else {
+            return Ok(());
+        };
+        let ids: Vec<String> = ctxs.iter().map(|c| c.current.id.clone()).collect();
+        self.sync_chains(first.db, &ids).await
     }
 
     async fn update_port_chain_postcommit(
