@@ -195,8 +195,15 @@ fn main() -> ExitCode {
                 tracing::info!(%listen, "serving the API");
                 let shutdown = CancellationToken::new();
                 let signal = shutdown.clone();
+                // SIGTERM is how service managers and operators stop a daemon; SIGINT is Ctrl-C.
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .map_err(controller_stub::Error::Serve)?;
                 tokio::spawn(async move {
-                    let _ = tokio::signal::ctrl_c().await;
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    }
                     signal.cancel();
                 });
                 let state = AppState::new(db, auth).with_drivers(drivers);
