@@ -13,6 +13,8 @@ pub mod libvirt;
 pub mod netns;
 pub mod ovs;
 pub mod qemu;
+pub mod stack;
+pub mod vnf;
 pub mod wire;
 
 use std::path::PathBuf;
