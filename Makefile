@@ -3,12 +3,18 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 300
 
-.PHONY: test setup fmt lint unit bench bench-relay bench-soak bench-api bench-chains fuzz
+.PHONY: test demo setup fmt lint unit bench bench-relay bench-soak bench-api bench-chains fuzz
 
 test: setup fmt lint unit
 
 setup:
 	bash scripts/setup.sh
+
+# The whole path on this machine (root): Open vSwitch, libvirtd, the controller, relay-host and
+# three VNF guests, the seed workflow through the `sfc` CLI, firewall pushes and traffic through
+# the chain, with a summary (tests/src/bin/demo.rs). Cleans up on exit and on Ctrl-C.
+demo: setup
+	$(CARGO) run --locked -p e2e-tests --bin demo
 
 fmt:
 	$(CARGO) fmt --all --check

@@ -30,6 +30,9 @@ packages=(
   # network namespaces, veths and tc for the test VMs and service functions (tests/src/netns.rs),
   # and ethtool to turn off veth checksum offload, which the userspace datapath does not finish
   openvswitch-switch iproute2 ethtool
+  # `make demo`: the VNF guests' firewall is the host's nft (copied into the guest image with
+  # its libraries) applying the agent's nftables rulesets
+  nftables
   # the Nova patch's unit tests (nova-patch/nova/test.sh): the Nova sdist and its Python
   # dependencies come from PyPI into a cached venv; every pinned dependency is a binary
   # wheel, so no compiler or -dev package is needed beyond build-essential

@@ -55,6 +55,8 @@ struct ExtraFile {
     source: Source,
     guest_path: String,
     mode: u32,
+    /// A dynamically linked host program, shipped with its libraries and loader.
+    dynamic: bool,
 }
 
 /// Describes an image; [`GuestImageBuilder::build`] produces (or reuses) it.
@@ -114,6 +116,22 @@ impl GuestImageBuilder {
             source: Source::Host(host.into()),
             guest_path: guest.into(),
             mode,
+            dynamic: false,
+        });
+        self
+    }
+
+    /// Copies the dynamically linked host program `host` to `guest` (mode 0755) together with
+    /// the shared libraries and the dynamic loader it needs, each at the path `ldd` resolves
+    /// it to on the host (e.g. `/lib/x86_64-linux-gnu/libc.so.6`, `/lib64/ld-linux-x86-64.so.2`):
+    /// Debian's loader searches those directories without an `ld.so.cache`. For host tools
+    /// such as `nft` that have no static build.
+    pub fn dynamic_program(mut self, host: impl Into<PathBuf>, guest: impl Into<String>) -> Self {
+        self.files.push(ExtraFile {
+            source: Source::Host(host.into()),
+            guest_path: guest.into(),
+            mode: 0o755,
+            dynamic: true,
         });
         self
     }
@@ -129,6 +147,7 @@ impl GuestImageBuilder {
             source: Source::Bytes(contents.into()),
             guest_path: guest.into(),
             mode,
+            dynamic: false,
         });
         self
     }
@@ -324,7 +343,21 @@ impl GuestImageBuilder {
                     fs::read(p).map_err(io_err(format!("reading {}", p.display())))?
                 }
             };
-            if elf_is_dynamic(&data) {
+            if extra.dynamic {
+                if let Source::Host(program) = &extra.source {
+                    for lib in shared_libraries(program)? {
+                        let bytes =
+                            fs::read(&lib).map_err(io_err(format!("reading {}", lib.display())))?;
+                        tree.insert(
+                            &lib.to_string_lossy(),
+                            Node::File {
+                                mode: 0o755,
+                                data: bytes,
+                            },
+                        );
+                    }
+                }
+            } else if elf_is_dynamic(&data) {
                 return Err(Error::InvalidConfig(format!(
                     "{path} is a dynamically linked ELF binary; the guest has no libc, build it \
                      with RUSTFLAGS='-C target-feature=+crt-static'"
@@ -557,6 +590,46 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The absolute paths of the shared libraries and the loader `program` needs, from `ldd`.
+fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
+    let output = Command::new("ldd")
+        .arg(program)
+        .output()
+        .map_err(io_err(format!("running ldd {}", program.display())))?;
+    if !output.status.success() {
+        return Err(Error::ToolFailed {
+            tool: format!("ldd {}", program.display()),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    parse_ldd(program, &String::from_utf8_lossy(&output.stdout))
+}
+
+/// The paths in `ldd`'s output: lines are `libc.so.6 => /lib/.../libc.so.6 (0x...)`,
+/// `/lib64/ld-linux-x86-64.so.2 (0x...)` or `linux-vdso.so.1 (0x...)` (in the kernel, nothing
+/// to copy); `libx.so => not found` is an error.
+fn parse_ldd(program: &Path, text: &str) -> Result<Vec<PathBuf>> {
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        if line.contains("not found") {
+            return Err(Error::InvalidConfig(format!(
+                "{}: a library is missing: {}",
+                program.display(),
+                line.trim()
+            )));
+        }
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
 /// Whether `data` is an ELF file that asks for a dynamic loader (has a `PT_INTERP` header).
 fn elf_is_dynamic(data: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
@@ -656,6 +729,27 @@ mod tests {
         );
         let err = resolve_modules(dir.path(), "r", &["nope".to_owned()]).unwrap_err();
         assert!(matches!(err, Error::ModuleNotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn ldd_output_gives_the_libraries_and_the_loader() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                    \tlibnftables.so.1 => /lib/x86_64-linux-gnu/libnftables.so.1 (0x00007f1)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f2)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f3)\n";
+        let libs = parse_ldd(Path::new("/usr/sbin/nft"), text).unwrap();
+        assert_eq!(
+            libs,
+            [
+                "/lib/x86_64-linux-gnu/libnftables.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+            .map(PathBuf::from)
+        );
+        let missing = "\tlibgone.so.2 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n";
+        let err = parse_ldd(Path::new("/x"), missing).unwrap_err();
+        assert!(err.to_string().contains("libgone.so.2"), "{err}");
     }
 
     #[test]

@@ -315,6 +315,14 @@ pub struct LibvirtGuest {
     channels: Vec<String>,
     memory_mib: u32,
     oem_strings: Vec<String>,
+    nics: Vec<Nic>,
+}
+
+/// A virtio-net NIC backed by a tap device the caller created (see [`LibvirtGuest::nic`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Nic {
+    tap: String,
+    mac: String,
 }
 
 impl LibvirtGuest {
@@ -326,6 +334,7 @@ impl LibvirtGuest {
             channels: Vec::new(),
             memory_mib: 256,
             oem_strings: Vec::new(),
+            nics: Vec::new(),
         }
     }
 
@@ -373,6 +382,21 @@ impl LibvirtGuest {
     /// `/sys/firmware/dmi/entries/11-*/raw`), e.g. `org.opensfc.relay.key:<hex>`.
     pub fn oem_string(mut self, entry: impl Into<String>) -> Self {
         self.oem_strings.push(entry.into());
+        self
+    }
+
+    /// Adds a virtio-net NIC with `mac` on the existing tap device `tap` (`ip tuntap add ...
+    /// mode tap`), which libvirt opens but neither creates, configures nor deletes
+    /// (`managed='no'`): the caller plugs it into its switch, e.g. a private Open vSwitch in
+    /// another network namespace (libvirt's own `<virtualport type='openvswitch'>` would talk
+    /// to the system OVSDB). Checksum and segmentation offloads are off both ways, so every
+    /// frame carries a finished checksum: Open vSwitch's userspace datapath does not complete
+    /// partial ones. NICs appear in the guest in the order they were added.
+    pub fn nic(mut self, tap: impl Into<String>, mac: impl Into<String>) -> Self {
+        self.nics.push(Nic {
+            tap: tap.into(),
+            mac: mac.into(),
+        });
         self
     }
 
@@ -428,6 +452,19 @@ impl LibvirtGuest {
                 "    <channel type='unix'>\n      <source mode='bind'/>\n      \
                  <target type='virtio' name='{}'/>\n    </channel>\n",
                 escape(channel)
+            ));
+        }
+        for nic in &self.nics {
+            // QEMU's own virtio-net backend (no vhost: the guest runs under TCG anyway).
+            xml.push_str(&format!(
+                "    <interface type='ethernet'>\n      <mac address='{}'/>\n      \
+                 <target dev='{}' managed='no'/>\n      <model type='virtio'/>\n      \
+                 <driver name='qemu'>\n        \
+                 <host csum='off' gso='off' tso4='off' tso6='off' ecn='off' ufo='off'/>\n        \
+                 <guest csum='off' tso4='off' tso6='off' ecn='off' ufo='off'/>\n      \
+                 </driver>\n    </interface>\n",
+                escape(&nic.mac),
+                escape(&nic.tap)
             ));
         }
         // Host entropy: without it getrandom() in the guest blocks for minutes under TCG.
@@ -688,5 +725,33 @@ mod tests {
             .domain_xml("n", Path::new("/tmp/c.log"))
             .unwrap_err();
         assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    }
+
+    #[test]
+    fn domain_xml_has_the_nics_in_order_on_unmanaged_taps_without_offloads() {
+        let xml = LibvirtGuest::new(&image())
+            .run("/bin/true")
+            .nic("tapin", "fa:16:3e:00:00:01")
+            .nic("tapout", "fa:16:3e:00:00:02")
+            .domain_xml("n", Path::new("/tmp/x/console.log"))
+            .unwrap();
+        let first = xml.find("<target dev='tapin' managed='no'/>").unwrap();
+        let second = xml.find("<target dev='tapout' managed='no'/>").unwrap();
+        assert!(first < second, "{xml}");
+        assert_eq!(
+            xml.matches("<interface type='ethernet'>").count(),
+            2,
+            "{xml}"
+        );
+        for needle in [
+            "<mac address='fa:16:3e:00:00:01'/>",
+            "<mac address='fa:16:3e:00:00:02'/>",
+            "<model type='virtio'/>",
+            "<driver name='qemu'>",
+            "<host csum='off' gso='off' tso4='off' tso6='off' ecn='off' ufo='off'/>",
+            "<guest csum='off' tso4='off' tso6='off' ecn='off' ufo='off'/>",
+        ] {
+            assert!(xml.contains(needle), "missing {needle:?} in\n{xml}");
+        }
     }
 }
