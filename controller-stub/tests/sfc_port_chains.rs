@@ -810,6 +810,54 @@ api_test!(
                 "a refused bulk create stored something"
             );
         }
+        // Classifier conflicts, with a stored chain's and between the request's own.
+        let mut clash = Vec::new();
+        for i in 0..3 {
+            let vm = port(&api, &net, &format!("other{i}")).await;
+            clash.push(
+                classifier(
+                    &api,
+                    json!({"logical_source_port": vm, "protocol": "udp",
+                       "destination_port_range_min": if i == 0 { 1000 } else { 2000 },
+                       "destination_port_range_max": if i == 0 { 1000 } else { 2000 }}),
+                )
+                .await,
+            );
+        }
+        for items in [
+            json!([{"port_pair_groups": [g3], "flow_classifiers": [clash[0]]}]),
+            json!([{"port_pair_groups": [g3], "flow_classifiers": [clash[1]]},
+               {"port_pair_groups": [g3, g1], "flow_classifiers": [clash[2]]}]),
+        ] {
+            let before = list(&api, PC).await;
+            let (got, body) = post_raw(&api, json!({ "port_chains": items })).await;
+            assert_eq!(got, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(
+                body["NeutronError"]["type"],
+                "PortChainFlowClassifierInConflict"
+            );
+            assert_eq!(list(&api, PC).await, before);
+        }
+        // The quota (10 chains a project) counts the request's own chains.
+        let lists = [
+            json!([g1, g3]),
+            json!([g3, g1]),
+            json!([g3]),
+            json!([g1, g2, g3]),
+            json!([g1, g3, g2]),
+            json!([g2, g3, g1]),
+            json!([g3, g2, g1]),
+            json!([g3, g1, g2]),
+        ];
+        let over: Vec<serde_json::Value> = lists
+            .iter()
+            .map(|l| json!({"port_pair_groups": l}))
+            .collect();
+        let (got, body) = post_raw(&api, json!({ "port_chains": over })).await;
+        assert_eq!(got, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["NeutronError"]["type"], "OverQuota");
+        assert_eq!(list(&api, PC).await.len(), 3);
+
         // Chain ids of a refused request are not used up.
         let (status, body) = post_raw(
             &api,

@@ -243,13 +243,9 @@ fn port_ranges_overlap(
 /// networking-sfc's `flowclassifier_basic_conflict`: the two classifiers can match one packet,
 /// logical ports aside.
 pub fn basic_conflict(a: &FlowClassifier, b: &FlowClassifier) -> bool {
+    // The cheap comparisons first: a bulk create compares every pair.
     a.ethertype == b.ethertype
         && either_unset_or_equal(a.protocol.as_deref(), b.protocol.as_deref())
-        && prefixes_overlap(a.source_ip_prefix.as_deref(), b.source_ip_prefix.as_deref())
-        && prefixes_overlap(
-            a.destination_ip_prefix.as_deref(),
-            b.destination_ip_prefix.as_deref(),
-        )
         && port_ranges_overlap(
             a.source_port_range_min,
             a.source_port_range_max,
@@ -261,6 +257,11 @@ pub fn basic_conflict(a: &FlowClassifier, b: &FlowClassifier) -> bool {
             a.destination_port_range_max,
             b.destination_port_range_min,
             b.destination_port_range_max,
+        )
+        && prefixes_overlap(a.source_ip_prefix.as_deref(), b.source_ip_prefix.as_deref())
+        && prefixes_overlap(
+            a.destination_ip_prefix.as_deref(),
+            b.destination_ip_prefix.as_deref(),
         )
 }
 

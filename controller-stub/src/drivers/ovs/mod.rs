@@ -55,7 +55,7 @@ use self::compute::{
     ChainInput, ClassifierInfo, ComputeError, GraphSource, GroupInfo, PairInfo, PortInfo,
 };
 use super::{DriverError, Event, Precommit, Registry, SfcDriver};
-use crate::api::sfc::flow_classifiers::get_flow_classifier;
+use crate::api::sfc::flow_classifiers::{all_flow_classifiers, get_flow_classifier};
 use crate::api::sfc::port_chains::{all_port_chains, get_port_chain};
 use crate::api::sfc::port_pair_groups::get_port_pair_group;
 use crate::api::sfc::port_pairs::get_port_pair;
@@ -66,6 +66,17 @@ use crate::relay::{HostEvent, HostLinkError, HostLinks};
 
 /// The name the driver is configured by.
 pub const NAME: &str = "ovs";
+/// A row of `sfc_ovs_chain_hosts` to write.
+struct HostRow<'a> {
+    chain: &'a String,
+    host: String,
+    cookie: i64,
+    version: i64,
+    digest: String,
+    flows: i64,
+    groups: i64,
+}
+
 /// Most status reports recorded in one transaction.
 const STATUS_BATCH: usize = 1024;
 /// The version the base flows are sent with (they never change).
@@ -263,6 +274,9 @@ impl OvsDriver {
         ids: &[String],
         full_host: Option<&str>,
     ) -> Result<(), DriverError> {
+        // Each chain once (its rows are written once).
+        let mut seen = BTreeSet::new();
+        let ids: Vec<&String> = ids.iter().filter(|id| seen.insert(*id)).collect();
         let mut conn = db.pool().acquire().await.map_err(db_err)?;
         let mut hosts_with_chains: BTreeSet<String> =
             sqlx::query_scalar("SELECT DISTINCT host FROM sfc_ovs_chain_hosts")
@@ -291,7 +305,7 @@ impl OvsDriver {
                 by_chain.entry(chain).or_default().push(row);
             }
             recorded = Some(by_chain);
-            loader.preload_graphs(&mut conn).await.map_err(db_err)?;
+            loader.preload(&mut conn).await.map_err(db_err)?;
         }
         let mut planned = Vec::with_capacity(ids.len());
         for id in ids {
@@ -338,6 +352,7 @@ impl OvsDriver {
         let mut to_send: Vec<(&String, String, ChainRules)> = Vec::new();
         let mut to_remove: Vec<(String, u64)> = Vec::new();
         let now = crate::api::timestamp();
+        let mut inserts: Vec<HostRow<'_>> = Vec::new();
         let mut tx = db.begin_write().await.map_err(db_err)?;
         for (id, wanted, have) in planned {
             for (host, mut rules) in wanted.clone() {
@@ -362,22 +377,15 @@ impl OvsDriver {
                         .await
                         .map_err(db_err)?;
                     }
-                    sqlx::query(
-                        "INSERT INTO sfc_ovs_chain_hosts (portchain_id, host, cookie, version, \
-                         digest, flows, groups, state, detail, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'sent', '', $8)",
-                    )
-                    .bind(id)
-                    .bind(&host)
-                    .bind(rules.cookie as i64)
-                    .bind(version as i64)
-                    .bind(&digest)
-                    .bind(rules.flows.len() as i64)
-                    .bind(rules.groups.len() as i64)
-                    .bind(&now)
-                    .execute(tx.conn())
-                    .await
-                    .map_err(db_err)?;
+                    inserts.push(HostRow {
+                        chain: id,
+                        host: host.clone(),
+                        cookie: rules.cookie as i64,
+                        version: version as i64,
+                        digest,
+                        flows: rules.flows.len() as i64,
+                        groups: rules.groups.len() as i64,
+                    });
                 }
                 if !unchanged || full_host == Some(host.as_str()) {
                     to_send.push((id, host, rules));
@@ -399,6 +407,36 @@ impl OvsDriver {
                     to_remove.push((host.clone(), *cookie));
                 }
             }
+        }
+        // Many rows a statement.
+        for batch in inserts.chunks(crate::api::sfc::port_chains::ROWS_PER_INSERT) {
+            let values: Vec<String> = (0..batch.len())
+                .map(|i| {
+                    let p: Vec<String> = (1..=8).map(|k| format!("${}", 8 * i + k)).collect();
+                    format!(
+                        "({}, {}, {}, {}, {}, {}, {}, 'sent', '', {})",
+                        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO sfc_ovs_chain_hosts (portchain_id, host, cookie, version, digest, \
+                 flows, groups, state, detail, updated_at) VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for r in batch {
+                query = query
+                    .bind(r.chain.as_str())
+                    .bind(r.host.as_str())
+                    .bind(r.cookie)
+                    .bind(r.version)
+                    .bind(r.digest.as_str())
+                    .bind(r.flows)
+                    .bind(r.groups)
+                    .bind(now.as_str());
+            }
+            query.execute(tx.conn()).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
         for (host, cookie) in to_remove {
@@ -567,11 +605,18 @@ pub struct Loader {
     classifiers: BTreeMap<String, Option<ClassifierInfo>>,
     /// Every service-graph hand-off (source chain, destination chain), when read at once.
     graphs: Option<Vec<(String, String)>>,
+    /// Whether `classifiers` holds every classifier (read at once).
+    all_classifiers: bool,
 }
 
 impl Loader {
-    /// Reads every service-graph hand-off at once (a small table), for a batch of chains.
-    async fn preload_graphs(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    /// Reads every classifier and service-graph hand-off at once, for a batch of chains.
+    async fn preload(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        for fc in all_flow_classifiers(conn).await? {
+            self.classifiers
+                .insert(fc.id.clone(), Some(classifier_info(&fc)));
+        }
+        self.all_classifiers = true;
         self.graphs = Some(
             sqlx::query_as("SELECT src_chain, dst_chain FROM sfc_service_graph_chain_associations")
                 .fetch_all(&mut *conn)
@@ -675,6 +720,9 @@ impl Loader {
     ) -> Result<Option<ClassifierInfo>, sqlx::Error> {
         if let Some(known) = self.classifiers.get(id) {
             return Ok(known.clone());
+        }
+        if self.all_classifiers {
+            return Ok(None);
         }
         let info = get_flow_classifier(conn, id)
             .await?
