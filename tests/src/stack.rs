@@ -153,16 +153,9 @@ pub fn binaries() -> Result<&'static Binaries> {
 /// `cargo build` of the host programs into `<target>/e2e-host`; returns the directory of the
 /// executables.
 fn host_build() -> Result<PathBuf> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or_else(|| StackError::Unexpected("tests/ has no parent directory".into()))?;
     let target_dir = crate::guest_image::target_dir()?.join("e2e-host");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(&cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--locked",
+    crate::build::cargo_build(
+        &[
             "--package",
             "controller-stub",
             "--package",
@@ -173,21 +166,10 @@ fn host_build() -> Result<PathBuf> {
             "sfc",
             "--bin",
             "relay-host",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io_err(format!("running {}", Path::new(&cargo).display())))?;
-    if !out.status.success() {
-        return Err(crate::Error::ToolFailed {
-            tool: "cargo build -p controller-stub -p relay-host".into(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-        .into());
-    }
+        ],
+        &target_dir,
+        None,
+    )?;
     Ok(target_dir.join("debug"))
 }
 

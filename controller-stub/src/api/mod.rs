@@ -120,6 +120,13 @@ async fn not_found() -> ApiError {
 #[derive(Debug)]
 pub struct Body<T>(pub T);
 
+/// A request's body (within axum's size limit), or 400.
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|e| ApiError::bad_request("HTTPBadRequest", e.body_text()))
+}
+
 /// The singular key a body type is wrapped in.
 pub trait Wrapped {
     const KEY: &'static str;
@@ -133,10 +140,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::bad_request("HTTPBadRequest", e.body_text()))?;
-        parse_body(&bytes).map(Body)
+        parse_body(&body_bytes(req, state).await?).map(Body)
     }
 }
 
@@ -164,10 +168,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::bad_request("HTTPBadRequest", e.body_text()))?;
-        parse_bulk_body(&bytes)
+        parse_bulk_body(&body_bytes(req, state).await?)
     }
 }
 
