@@ -3,7 +3,7 @@
 CARGO ?= cargo
 FUZZ_SECONDS ?= 300
 
-.PHONY: test demo setup fmt lint unit bench bench-relay bench-soak bench-api bench-chains fuzz
+.PHONY: test demo setup fmt lint unit bench bench-relay bench-soak bench-api bench-chains bench-config fuzz
 
 test: setup fmt lint unit
 
@@ -46,6 +46,13 @@ bench-api: setup
 # the same flows. Needs root (network namespaces, OVS daemons).
 bench-chains: setup
 	$(CARGO) bench -p e2e-tests --bench chains --locked
+
+# VNF-config API call to the agent's Ack recorded by the controller, on a TCG guest under
+# libvirt with the real controller and relay-host, against the same frame echoed by a guest
+# program over the same virtio-serial port (CONFIG_BENCH_ROUNDS, CONFIG_BENCH_PER_ROUND to
+# change). Needs root (libvirtd, QEMU).
+bench-config: setup
+	$(CARGO) bench -p e2e-tests --bench config_latency --locked
 
 # 60 s soak of one relay with 1000 guests (SOAK_SECS, SOAK_GUESTS to change); not part of `test`.
 bench-soak: setup
