@@ -99,12 +99,17 @@ pub(crate) async fn check_quota(
     .fetch_one(&mut *conn)
     .await?;
     if used >= limit {
-        return Err(ApiError::conflict(
-            "OverQuota",
-            format!("Quota exceeded for resources: ['{resource}']."),
-        ));
+        return Err(over_quota(resource));
     }
     Ok(())
+}
+
+/// 409 `OverQuota` for `resource`.
+pub(crate) fn over_quota(resource: &str) -> ApiError {
+    ApiError::conflict(
+        "OverQuota",
+        format!("Quota exceeded for resources: ['{resource}']."),
+    )
 }
 
 /// One request attribute: absent, or given with any JSON value (`null` included, which

@@ -31,8 +31,8 @@ use super::port_pair_groups::{members, visible_port_pair_group};
 use super::service_graphs::in_any_graph;
 use super::{
     boolean, check_quota, commit_create_all, commit_update, delete_resource, integer, json_column,
-    lowest_free, not_allowed_in_post, project_for_create, read_only, required, show, string,
-    uuid_list, Attr, Deletable, DESCRIPTION_MAX, NAME_MAX,
+    lowest_free, not_allowed_in_post, over_quota, project_for_create, read_only, required, show,
+    string, uuid_list, Attr, Deletable, DESCRIPTION_MAX, NAME_MAX,
 };
 use super::{PortPair, PortPairGroup};
 use crate::api::{
@@ -404,6 +404,8 @@ struct KnownChains {
     chain_ids: BTreeMap<i64, String>,
     /// Every classifier, chained or not.
     classifiers: HashMap<String, FlowClassifier>,
+    /// Project -> its number of chains.
+    per_project: HashMap<String, i64>,
 }
 
 impl Known {
@@ -421,6 +423,7 @@ impl Known {
             chained: Vec::new(),
             chain_ids: BTreeMap::new(),
             classifiers,
+            per_project: HashMap::new(),
         };
         for chain in &chains {
             known.add(chain);
@@ -446,6 +449,10 @@ impl KnownChains {
             }
         }
         self.chain_ids.insert(chain.chain_id, chain.id.clone());
+        *self
+            .per_project
+            .entry(chain.project_id.clone())
+            .or_default() += 1;
     }
 }
 
@@ -714,19 +721,11 @@ async fn check_chain(
     new: NewChain,
     known: &mut Known,
 ) -> Result<PortChain, ApiError> {
-    if let (Some(k), true) = (&known.chains, state.quotas.port_chain >= 0) {
-        // The stored chains were counted when read; the request's own are in `lists` too.
-        let used = k
-            .lists
-            .values()
-            .flatten()
-            .filter(|(_, project)| *project == new.project_id)
-            .count();
-        if used as i64 >= state.quotas.port_chain {
-            return Err(ApiError::conflict(
-                "OverQuota",
-                "Quota exceeded for resources: ['port_chain'].",
-            ));
+    if let Some(k) = &known.chains {
+        // The stored chains and the request's own before this one.
+        let used = k.per_project.get(&new.project_id).copied().unwrap_or(0);
+        if state.quotas.port_chain >= 0 && used >= state.quotas.port_chain {
+            return Err(over_quota("port_chain"));
         }
     } else {
         check_quota(

@@ -599,7 +599,7 @@ fn classifier_info(fc: &FlowClassifier) -> ClassifierInfo {
 /// Reads what chains refer to, each thing once: a batch of chains (a bulk create, a host's
 /// resync) mostly shares its groups, port pairs and ports.
 #[derive(Debug, Default)]
-pub struct Loader {
+struct Loader {
     ports: BTreeMap<Uuid, Option<PortInfo>>,
     groups: BTreeMap<String, Option<GroupInfo>>,
     classifiers: BTreeMap<String, Option<ClassifierInfo>>,
@@ -732,7 +732,7 @@ impl Loader {
     }
 
     /// Everything [`compute::compute`] needs about one chain.
-    pub async fn input(
+    async fn input(
         &mut self,
         conn: &mut AnyConnection,
         chain: &PortChain,
@@ -820,14 +820,6 @@ impl Loader {
             graph_source,
         })
     }
-}
-
-/// Everything [`compute::compute`] needs about one chain.
-pub async fn load_input(
-    conn: &mut AnyConnection,
-    chain: &PortChain,
-) -> Result<ChainInput, sqlx::Error> {
-    Loader::default().input(conn, chain).await
 }
 
 /// The chain's checks that networking-sfc's client sees as 400s.
