@@ -196,12 +196,7 @@ impl Probe {
 
     /// Opens a session with `key`: writes its Hello and waits for the Welcome.
     fn handshake(&mut self, key: &InstanceKey) -> Result<Session, String> {
-        let mut session = Session::guest(key);
-        let mut out = BytesMut::new();
-        session
-            .begin(nonce()?, &hello()?, &mut out)
-            .map_err(|e| format!("sealing a Hello: {e}"))?;
-        self.write(&out)?;
+        let (mut session, _) = self.send_hello(key)?;
         let deadline = Instant::now() + TIMEOUT;
         while let Some(frame) = self.next_frame(deadline) {
             if let Ok(Some(Message::Welcome(w))) = session.open(&frame) {
@@ -221,14 +216,22 @@ impl Probe {
         Ok(out)
     }
 
-    fn forged_hello(&mut self, key: &InstanceKey, what: &str, quiet: bool) -> Result<(), String> {
+    /// Begins a guest session with `key` and writes its Hello; returns the session and the
+    /// Hello's length.
+    fn send_hello(&mut self, key: &InstanceKey) -> Result<(Session, usize), String> {
+        let mut session = Session::guest(key);
         let mut out = BytesMut::new();
-        Session::guest(key)
+        session
             .begin(nonce()?, &hello()?, &mut out)
             .map_err(|e| format!("sealing a Hello: {e}"))?;
         self.write(&out)?;
+        Ok((session, out.len()))
+    }
+
+    fn forged_hello(&mut self, key: &InstanceKey, what: &str, quiet: bool) -> Result<(), String> {
+        let (_, bytes) = self.send_hello(key)?;
         if !quiet {
-            self.record(json!({"event": "wrote", "what": what, "bytes": out.len()}));
+            self.record(json!({"event": "wrote", "what": what, "bytes": bytes}));
         }
         Ok(())
     }
@@ -291,20 +294,10 @@ impl Probe {
             .ok_or("foreign.json has no version")?;
 
         // The impostor: the other instance's key on this instance's channel.
-        let mut impostor = Session::guest(&foreign_key);
-        let mut out = BytesMut::new();
-        impostor
-            .begin(nonce()?, &hello()?, &mut out)
-            .map_err(|e| format!("sealing a Hello: {e}"))?;
-        self.write(&out)?;
+        let (mut impostor, _) = self.send_hello(&foreign_key)?;
         self.record(json!({"event": "wrote", "what": "impostor-hello"}));
 
-        let mut session = Session::guest(&own);
-        let mut out = BytesMut::new();
-        session
-            .begin(nonce()?, &hello()?, &mut out)
-            .map_err(|e| format!("sealing a Hello: {e}"))?;
-        self.write(&out)?;
+        let (mut session, _) = self.send_hello(&own)?;
         let deadline = Instant::now() + TIMEOUT;
         let mut acked = false;
         while let Some(frame) = self.next_frame(deadline) {
